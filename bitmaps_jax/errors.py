@@ -1,0 +1,25 @@
+"""User-facing errors: one clear line, no traceback."""
+
+import functools
+import sys
+
+
+class UserError(Exception):
+  """A mistake the user can fix (bad path, bad config, bad file).
+
+  Command-line entry points catch it and print its message as a single line.
+  """
+
+
+def exit_on_user_error(main):
+  """Wraps a CLI main so a `UserError` ends the process with one line and exit code 2."""
+
+  @functools.wraps(main)
+  def wrapped(*args, **kwargs):
+    try:
+      return main(*args, **kwargs)
+    except UserError as e:
+      print(f'error: {e}', file=sys.stderr)
+      sys.exit(2)
+
+  return wrapped
