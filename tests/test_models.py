@@ -1,0 +1,82 @@
+"""Model shapes, parameter counts per binarization variant, dtypes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bitmaps_jax import models
+
+VARIANT_EXTRA = {'none': lambda v, h: 0, 'scalar': lambda v, h: 2,
+                 'per_dim': lambda v, h: 2 * h, 'per_token': lambda v, h: 2 * v,
+                 'rank1': lambda v, h: v + h}
+
+
+def _count(tree):
+  return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))
+
+
+@pytest.mark.parametrize('variant', list(VARIANT_EXTRA))
+def test_parameter_counts_per_variant(variant):
+  base = models.model_config('tiny', architecture='BertForMaskedLM')
+  float_params = models.param_shapes(base)
+  cfg = base.replace(binarize=dict(layers=True, embeddings=variant))
+  params = models.param_shapes(cfg)
+  v, h = cfg.vocab_size, cfg.hidden_size
+  layer_scales = 2 * 6 * cfg.num_hidden_layers  # alpha and gamma for 6 dense layers per layer
+  assert _count(params) - _count(float_params) == layer_scales + VARIANT_EXTRA[variant](v, h)
+  emb = params['bert']['embeddings']['word_embeddings']
+  assert emb['embedding'].shape == (v, h)
+  if variant in ('scalar', 'per_dim', 'per_token'):
+    expect = {'scalar': (), 'per_dim': (h,), 'per_token': (v,)}[variant]
+    assert emb['alpha'].shape == emb['gamma'].shape == expect
+  if variant == 'rank1':
+    assert emb['u'].shape == (v,) and emb['v'].shape == (h,)
+
+
+def test_per_channel_scales_have_output_shape():
+  cfg = models.model_config('tiny', binarize=dict(layers=True, granularity='per_channel'))
+  p = models.param_shapes(cfg)['encoder']['layer_0']['intermediate']['dense']
+  assert p['alpha'].shape == p['gamma'].shape == (cfg.intermediate_size,)
+
+
+@pytest.mark.parametrize('architecture', models.ARCHITECTURES)
+def test_output_shapes(architecture):
+  cfg = models.model_config('tiny', architecture=architecture, num_labels=3,
+                            binarize=dict(layers=True, embeddings='per_dim'))
+  params = models.init_params(cfg, jax.random.PRNGKey(0))
+  ids = jnp.ones((2, 9), jnp.int32)
+  out = models.build_model(cfg).apply({'params': params}, ids)
+  if architecture == 'BertModel':
+    assert out.last_hidden_state.shape == (2, 9, cfg.hidden_size)
+    assert out.pooled_output.shape == (2, cfg.hidden_size)
+    assert len(out.hidden_states) == cfg.num_hidden_layers + 1
+  elif architecture == 'BertForMaskedLM':
+    assert out.shape == (2, 9, cfg.vocab_size)
+    assert 'pooler' not in params['bert']
+  else:
+    assert out.shape == (2, 3)
+
+
+def test_bf16_compute_close_to_float32():
+  cfg = models.model_config('tiny', architecture='BertForMaskedLM',
+                            binarize=dict(layers=True, embeddings='per_dim'))
+  params = models.init_params(cfg, jax.random.PRNGKey(0))
+  ids = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 16)))
+  f32 = models.build_model(cfg).apply({'params': params}, ids)
+  bf16_model = models.build_model(cfg.replace(dtype='bfloat16'))
+  bf16 = bf16_model.apply({'params': params}, ids)
+  assert bf16.dtype == jnp.bfloat16
+  assert jax.tree_util.tree_leaves(params)[0].dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(bf16, np.float32), f32, atol=0.1, rtol=0.05)
+  # Gradients flow in bf16 too, and land on the float32 latent weights.
+  loss = lambda p: jnp.mean(bf16_model.apply({'params': p}, ids).astype(jnp.float32) ** 2)
+  grads = jax.grad(loss)(params)
+  g = grads['bert']['encoder']['layer_0']['attention']['self']['query']
+  assert g['kernel'].dtype == jnp.float32 and np.isfinite(g['kernel']).all()
+  assert float(jnp.abs(g['alpha'])) > 0
+
+
+def test_model_size_names():
+  assert models.model_config('bert-large').hidden_size == 1024
+  assert models.model_config('minilm-l6-h384').num_hidden_layers == 6
