@@ -1,0 +1,66 @@
+"""optax: AdamW with warm-up and linear/cosine decay, clipping, and the weight-decay mask."""
+
+import optax
+from flax import traverse_util
+
+from bitmaps_jax.errors import UserError
+
+# Leaves that get no weight decay: biases, LayerNorm scales, binary scales.
+NO_DECAY = ('bias', 'scale', 'alpha', 'gamma', 'u', 'v')
+BINARY_SCALES = ('alpha', 'gamma', 'u', 'v')
+
+
+def learning_rate_schedule(peak: float, total_steps: int, warmup_steps: int,
+                           decay: str = 'linear', end_factor: float = 0.0):
+  """Linear warm-up from 0 to `peak`, then linear or cosine decay to `end_factor * peak`."""
+  if not peak > 0:
+    raise UserError(f'learning_rate must be positive, got {peak}')
+  if warmup_steps < 0 or warmup_steps > total_steps:
+    raise UserError(f'warmup_steps must be in [0, num_train_steps={total_steps}], '
+                    f'got {warmup_steps}')
+  decay_steps = max(total_steps - warmup_steps, 1)
+  if decay == 'linear':
+    after = optax.linear_schedule(peak, peak * end_factor, decay_steps)
+  elif decay == 'cosine':
+    after = optax.cosine_decay_schedule(peak, decay_steps, alpha=end_factor)
+  else:
+    raise UserError(f'lr_decay must be linear or cosine, got {decay!r}')
+  if warmup_steps == 0:
+    return after
+  warm = optax.linear_schedule(0.0, peak, warmup_steps)
+  return optax.join_schedules([warm, after], [warmup_steps])
+
+
+def _leaf_labels(params, fn):
+  flat = traverse_util.flatten_dict(params)
+  return traverse_util.unflatten_dict({k: fn(k) for k in flat})
+
+
+def decay_mask(params):
+  return _leaf_labels(params, lambda path: path[-1] not in NO_DECAY)
+
+
+def make_optimizer(config, total_steps: int):
+  """The optimizer a training config asks for.
+
+  `config.scale_learning_rate` (if set) gives alpha/gamma/u/v their own peak learning rate.
+  """
+  def adamw(peak):
+    sched = learning_rate_schedule(peak, total_steps, config.warmup_steps, config.lr_decay,
+                                   config.get('lr_end_factor', 0.0))
+    return optax.adamw(sched, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps,
+                       weight_decay=config.weight_decay, mask=decay_mask)
+
+  if config.weight_decay < 0:
+    raise UserError(f'weight_decay must be >= 0, got {config.weight_decay}')
+  scale_lr = config.get('scale_learning_rate')
+  if scale_lr:
+    labels = lambda p: _leaf_labels(
+        p, lambda path: 'scales' if path[-1] in BINARY_SCALES else 'weights')
+    tx = optax.multi_transform({'weights': adamw(config.learning_rate),
+                                'scales': adamw(scale_lr)}, labels)
+  else:
+    tx = adamw(config.learning_rate)
+  if config.grad_clip_norm:
+    tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx)
+  return tx

@@ -1,0 +1,82 @@
+"""Data parallelism in the pmap programming model, written with `jax.shard_map`.
+
+One replica of the train state per device, the global batch split along a 1-D `data` mesh,
+per-device dropout keys, gradients averaged with `lax.pmean`. `jax.pmap` itself is now built on
+jit + shard_map and in maintenance mode, so the per-device step is a shard_map inside jax.jit.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+AXIS = 'data'
+
+
+def data_mesh(devices=None) -> jax.sharding.Mesh:
+  """A 1-D mesh over `devices` (default: every device of every process)."""
+  if devices is None:
+    return jax.make_mesh((jax.device_count(),), (AXIS,))
+  return jax.sharding.Mesh(np.asarray(devices), (AXIS,))
+
+
+def global_batch(mesh, local_batch: dict) -> dict:
+  """Global arrays from this process's rows (each host feeds its own shard)."""
+  sharding = NamedSharding(mesh, P(AXIS))
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in local_batch.items()}
+
+
+def replicate(mesh, tree):
+  """Places a pytree on every device of the mesh."""
+  return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def make_train_step(sums_fn, mesh, donate: bool = True):
+  """jit(shard_map(step)): `sums_fn(params, batch, rng, train)` -> dict of summed metrics.
+
+  The objective is the global mean of the summed 'loss' over the global 'count', so the
+  step is the same whatever the number of devices: each device differentiates
+  loss_sum * n_devices / global_count and `pmean` of those gradients is the global gradient.
+  Returns (new state, globally summed metrics, global gradient norm).
+  """
+  n_dev = mesh.shape[AXIS]
+
+  def per_device(state, batch, rng):
+    rng = jax.random.fold_in(rng, jax.lax.axis_index(AXIS))
+
+    def objective(params):
+      sums = sums_fn(params, batch, rng, True)
+      count = jax.lax.stop_gradient(jax.lax.psum(sums['count'], AXIS))
+      return sums['loss'] * n_dev / jnp.maximum(count, 1.0), sums
+
+    grads, sums = jax.grad(objective, has_aux=True)(state.params)
+    grads = jax.lax.pmean(grads, AXIS)
+    sums = jax.lax.psum(sums, AXIS)
+    grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g.astype(jnp.float32)))
+                             for g in jax.tree_util.tree_leaves(grads)))
+    return state.apply_gradients(grads=grads), sums, grad_norm
+
+  step = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS), P()),
+                       out_specs=(P(), P(), P()))
+  return jax.jit(step, donate_argnums=(0,) if donate else ())
+
+
+def make_eval_step(sums_fn, mesh):
+  """jit(shard_map): globally summed metrics of a batch, no dropout."""
+
+  def per_device(params, batch):
+    return jax.lax.psum(sums_fn(params, batch, None, False), AXIS)
+
+  return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P()))
+
+
+def make_predict_step(logits_fn, mesh):
+  """jit(shard_map): per-example outputs, gathered along the batch."""
+
+  def per_device(params, batch):
+    return logits_fn(params, batch)
+
+  return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS)),
+                               out_specs=P(AXIS)))

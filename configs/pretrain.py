@@ -1,0 +1,43 @@
+"""BERT-base binary MLM pretraining as the seed write-up ran it, for Cloud TPU.
+
+    python train.py --config configs/pretrain.py:layers --workdir gs://.../run \
+        --config.init_checkpoint=/path/to/bert-base-uncased
+
+The argument picks the row of the seed's Table 1: `original` (no binarization), `layers`
+(encoder dense layers binarized with alpha and gamma), `layers_embeddings` (plus per_dim
+binary word embeddings). Corpus: TFDS wikipedia by default, or text files (data.source=text).
+"""
+
+from configs import default
+
+ROWS = {
+    'original': dict(layers=False, embeddings='none'),
+    'layers': dict(layers=True, embeddings='none'),
+    'layers_embeddings': dict(layers=True, embeddings='per_dim'),
+}
+
+
+def get_config(row: str = 'layers'):
+  if row not in ROWS:
+    raise ValueError(f'configs/pretrain.py: unknown row {row!r}; expected one of '
+                     f'{", ".join(ROWS)}')
+  config = default.get_config()
+  config.model = 'bert-base'
+  config.init_checkpoint = ''  # set to an HF bert-base-uncased directory
+  config.dtype = 'bfloat16'  # 16-bit compute on TPU; float32 latent weights
+  config.binarize.update(ROWS[row])
+  config.data.source = 'tfds'
+  config.data.validation_fraction = 0.005
+  config.max_seq_length = 128
+  config.per_device_batch_size = 32
+  config.num_train_steps = 100_000
+  config.learning_rate = 1e-4
+  config.scale_learning_rate = None
+  config.warmup_steps = 10_000
+  config.weight_decay = 0.01
+  config.dropout_rate = 0.1
+  config.log_every_steps = 100
+  config.eval_every_steps = 5_000
+  config.eval_batches = 200
+  config.checkpoint_every_steps = 5_000
+  return config

@@ -1,0 +1,122 @@
+"""The training loop: data-parallel step on simulated devices, resume, outputs, bad configs."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from flax.training import train_state
+
+from bitmaps_jax import optim, parallel, pretraining, runner, trainer
+from bitmaps_jax.errors import UserError
+from configs import default
+
+
+def tiny_config(**changes):
+  config = default.get_config()
+  config.model = 'tiny'
+  config.data.builtin_documents = 300
+  config.data.vocab_size = 128
+  config.max_seq_length = 32
+  config.per_device_batch_size = 2
+  config.num_train_steps = 6
+  config.warmup_steps = 2
+  config.log_every_steps = 1
+  config.eval_every_steps = 3
+  config.checkpoint_every_steps = 3
+  config.update(changes)
+  return config
+
+
+def _first_loss(task, config, mesh):
+  state = train_state.TrainState.create(apply_fn=None, params=task.params,
+                                        tx=optim.make_optimizer(config, 10))
+  step = parallel.make_train_step(task.sums, mesh, donate=False)
+  batch = parallel.global_batch(mesh, task.train_batch(0))
+  new_state, sums, _ = step(parallel.replicate(mesh, state), batch, jax.random.PRNGKey(0))
+  return float(sums['loss'] / sums['count']), new_state.params
+
+
+def test_data_parallel_step_matches_single_device(tmp_path):
+  assert jax.device_count() == 8, 'conftest sets 8 simulated CPU devices'
+  config = tiny_config(dropout_rate=0.0, per_device_batch_size=2)
+  task, _ = pretraining.build_task(config, str(tmp_path))
+  loss8, params8 = _first_loss(task, config, parallel.data_mesh())
+  loss1, params1 = _first_loss(task, config, parallel.data_mesh(jax.devices()[:1]))
+  assert loss8 == pytest.approx(loss1, rel=1e-6)
+  diffs = jax.tree_util.tree_leaves(jax.tree_util.tree_map(
+      lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()), params8, params1))
+  assert max(diffs) < 1e-6
+
+
+def test_dropout_differs_per_device(tmp_path):
+  config = tiny_config(dropout_rate=0.5)
+  task, _ = pretraining.build_task(config, str(tmp_path))
+  mesh = parallel.data_mesh()
+  # Two devices given the same rows must still draw different dropout masks.
+  batch = task.train_batch(0)
+  same = {k: np.concatenate([v[:2]] * 8) for k, v in batch.items()}
+
+  def per_device_loss(params, b, rng):
+    rng = jax.random.fold_in(rng, jax.lax.axis_index('data'))  # as parallel.make_train_step
+    return task.sums(params, b, rng, True)['loss'][None]
+
+  step = jax.jit(jax.shard_map(per_device_loss, mesh=mesh,
+                               in_specs=(parallel.P(), parallel.P('data'), parallel.P()),
+                               out_specs=parallel.P('data')))
+  losses = np.asarray(step(task.params, parallel.global_batch(mesh, same), jax.random.PRNGKey(0)))
+  assert len(set(np.round(losses, 5))) > 1
+
+
+def test_run_writes_outputs_and_resume_matches_uninterrupted(tmp_path):
+  full_dir, cut_dir = str(tmp_path / 'full'), str(tmp_path / 'cut')
+  full = runner.train(tiny_config(), full_dir)
+
+  # Kill the second run after its step-3 checkpoint, while training step 5.
+  task, _ = pretraining.build_task(tiny_config(), cut_dir)
+  real_batch = task.train_batch
+
+  def dying_batch(step):
+    if step == 4:
+      raise KeyboardInterrupt
+    return real_batch(step)
+
+  task.train_batch = dying_batch
+  with pytest.raises(KeyboardInterrupt):
+    trainer.train_and_evaluate(tiny_config(), cut_dir, task)
+  assert sorted(os.listdir(os.path.join(cut_dir, 'checkpoints'))) == ['3']
+  resumed = runner.train(tiny_config(), cut_dir)
+  assert resumed == full  # same final validation metrics, to the bit
+
+  points = [json.loads(l) for l in open(os.path.join(cut_dir, 'metrics.jsonl'))]
+  train_steps = [p['step'] for p in points if p['split'] == 'train']
+  assert train_steps == [1, 2, 3, 4, 5, 6]  # step 4 logged by the killed run is not doubled
+  assert {'loss', 'accuracy', 'mrr32'} <= set(points[-1])
+  assert [p['step'] for p in points if p['split'] == 'valid'] == [3, 6]
+  for name in ('train_val_loss.png', 'model_config.json', 'vocab.txt', 'train_config.json'):
+    assert os.path.isfile(os.path.join(cut_dir, name)), name
+  assert os.listdir(os.path.join(cut_dir, 'tensorboard'))
+
+  # Asking for more steps continues from the last checkpoint instead of starting over.
+  more = runner.train(tiny_config(num_train_steps=9), cut_dir)
+  points = [json.loads(l) for l in open(os.path.join(cut_dir, 'metrics.jsonl'))]
+  assert [p['step'] for p in points if p['split'] == 'train'][-4:] == [6, 7, 8, 9]
+  assert set(more) == set(full)
+
+
+def test_bad_config_values_are_one_line_errors(tmp_path, capsys):
+  for changes, message in [
+      (dict(learning_rate=-1.0), 'learning_rate must be positive'),
+      (dict(num_train_steps=0), 'num_train_steps must be a positive integer'),
+      (dict(dropout_rate=1.5), 'dropout_rate'),
+  ]:
+    with pytest.raises(SystemExit) as e:
+      runner.train(tiny_config(**changes), str(tmp_path / 'bad'))
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+  config = tiny_config()
+  config.binarize.embeddings = 'per_word'
+  with pytest.raises(UserError, match="unknown variant 'per_word'"):
+    pretraining.build_task(config, str(tmp_path / 'bad2'))

@@ -1,0 +1,25 @@
+"""Trains a (binary) BERT: MLM pretraining or GLUE fine-tuning, per the config.
+
+    python train.py [--config configs/default.py] [--workdir runs/default] [--config.x=y ...]
+"""
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from bitmaps_jax import runner
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', 'configs/default.py', 'Training configuration.',
+                                lock_config=True)
+flags.DEFINE_string('workdir', 'runs/default', 'Directory for checkpoints, logs and plots.')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  runner.train(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == '__main__':
+  app.run(main)
