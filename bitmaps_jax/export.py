@@ -18,7 +18,7 @@ from flax import traverse_util
 
 from bitmaps_jax import binarize, convert, models
 from bitmaps_jax.binarize import BinarizeConfig
-from bitmaps_jax.errors import UserError
+from bitmaps_jax.errors import UserError, exit_on_user_error
 from bitmaps_jax.models import BertConfig
 
 MAGIC = b'BITMAPS1'
@@ -121,3 +121,23 @@ def load_packed(path: str):
   if set(expected) != set(flat):
     raise UserError(f'{path}: tensors do not match the stored config')
   return config, params
+
+
+@exit_on_user_error
+def main(argv=None):
+  """python -m bitmaps_jax.export RUN_DIR OUT_FILE: packs a run's latest checkpoint."""
+  import argparse
+  from bitmaps_jax import checkpoints, pretrained
+  parser = argparse.ArgumentParser(description='Pack a run\'s latest checkpoint (1 bit/weight).')
+  parser.add_argument('run_dir')
+  parser.add_argument('out_file')
+  parser.add_argument('--float_dtype', default='float16', choices=FLOAT_DTYPES)
+  args = parser.parse_args(argv)
+  config = pretrained.read_run_model_config(args.run_dir)
+  params = checkpoints.CheckpointStore(os.path.join(args.run_dir, 'checkpoints')).restore_params()
+  size = save_packed(config, params, args.out_file, args.float_dtype)
+  print(f'{args.out_file}: {size} bytes ({size / 2**20:.2f} MiB)')
+
+
+if __name__ == '__main__':
+  main()

@@ -156,6 +156,13 @@ def load_tokenizer(source: str):
   return BertTokenizer(vocab=source, do_lower_case=True)
 
 
+def load_tokenizer_for_packing(source: str):
+  """`load_tokenizer`, without the length warning: whole documents are tokenized, then cut."""
+  tok = load_tokenizer(source)
+  tok.model_max_length = 1 << 40
+  return tok
+
+
 # --------------------------------------------------------------------------- packing
 
 

@@ -49,7 +49,7 @@ def build_task(config, workdir: str):
     vocab_source = os.path.join(vocab_dir, pretrained.VOCAB)
     if not os.path.isfile(vocab_source):
       mlm_data.train_wordpiece_vocab(train_docs, config.data.vocab_size, vocab_source)
-  tokenizer = mlm_data.load_tokenizer(vocab_source)
+  tokenizer = mlm_data.load_tokenizer_for_packing(vocab_source)
   model_cfg, params = pretrained.load_initial_model(config, 'BertForMaskedLM',
                                                     vocab_size=len(tokenizer))
   if model_cfg.vocab_size < len(tokenizer):

@@ -1,7 +1,7 @@
 """Offline demo: a tiny binary BERT pretrained with MLM on a built-in synthetic corpus.
 
     python train.py                      # runs into ./runs/default
-    python train.py --config.num_train_steps=600   # resumes and trains further
+    python train.py --config.num_train_steps=3000   # resumes and trains further
 """
 
 import ml_collections
@@ -38,14 +38,14 @@ def get_config():
   config.data.tfds_data_dir = ''
   config.data.max_documents = 0  # 0: all
   config.data.validation_fraction = 0.05
-  config.max_seq_length = 64
+  config.max_seq_length = 32
   config.mask_prob = 0.15
 
-  config.per_device_batch_size = 32
-  config.num_train_steps = 400
-  config.learning_rate = 2e-3
+  config.per_device_batch_size = 64
+  config.num_train_steps = 2500
+  config.learning_rate = 3e-3
   config.scale_learning_rate = None  # separate peak lr for alpha/gamma; None: the same
-  config.warmup_steps = 40
+  config.warmup_steps = 100
   config.lr_decay = 'linear'  # or cosine
   config.lr_end_factor = 0.0
   config.weight_decay = 0.01
@@ -54,10 +54,10 @@ def get_config():
   config.adam_b2 = 0.999
   config.adam_eps = 1e-6
 
-  config.log_every_steps = 20
-  config.eval_every_steps = 100
+  config.log_every_steps = 50
+  config.eval_every_steps = 250
   config.eval_batches = 0  # 0: the whole validation split
-  config.checkpoint_every_steps = 100
+  config.checkpoint_every_steps = 500
   config.keep_checkpoints = 3
   config.async_checkpoints = False
   config.skip_nonfinite_steps = False
