@@ -43,7 +43,8 @@ def decay_mask(params):
 def make_optimizer(config, total_steps: int):
   """The optimizer a training config asks for.
 
-  `config.scale_learning_rate` (if set) gives alpha/gamma/u/v their own peak learning rate.
+  `config.scale_learning_rate` (if set) gives alpha/gamma/u/v their own peak learning rate;
+  `freeze_embeddings` / `freeze_encoder` keep those parts of `bert` fixed.
   """
   def adamw(peak):
     sched = learning_rate_schedule(peak, total_steps, config.warmup_steps, config.lr_decay,
@@ -53,14 +54,24 @@ def make_optimizer(config, total_steps: int):
 
   if config.weight_decay < 0:
     raise UserError(f'weight_decay must be >= 0, got {config.weight_decay}')
+  frozen = tuple(part for part, flag in (('embeddings', config.get('freeze_embeddings')),
+                                         ('encoder', config.get('freeze_encoder'))) if flag)
   scale_lr = config.get('scale_learning_rate')
+
+  def label(path):
+    if len(path) > 1 and path[0] == 'bert' and path[1] in frozen:
+      return 'frozen'
+    return 'scales' if scale_lr and path[-1] in BINARY_SCALES else 'weights'
+
+  transforms = {'weights': adamw(config.learning_rate)}
   if scale_lr:
-    labels = lambda p: _leaf_labels(
-        p, lambda path: 'scales' if path[-1] in BINARY_SCALES else 'weights')
-    tx = optax.multi_transform({'weights': adamw(config.learning_rate),
-                                'scales': adamw(scale_lr)}, labels)
+    transforms['scales'] = adamw(scale_lr)
+  if frozen:
+    transforms['frozen'] = optax.set_to_zero()
+  if len(transforms) == 1:
+    tx = transforms['weights']
   else:
-    tx = adamw(config.learning_rate)
+    tx = optax.multi_transform(transforms, lambda p: _leaf_labels(p, label))
   if config.grad_clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx)
   return tx

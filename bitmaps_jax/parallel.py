@@ -34,8 +34,9 @@ def replicate(mesh, tree):
 
 
 def make_train_step(sums_fn, mesh, donate: bool = True):
-  """jit(shard_map(step)): `sums_fn(params, batch, rng, train)` -> dict of summed metrics.
+  """jit(shard_map(step)): `sums_fn(params, batch, rng, train, frozen)` -> summed metrics.
 
+  `frozen` is a replicated pytree that is read but not trained (a distillation teacher).
   The objective is the global mean of the summed 'loss' over the global 'count', so the
   step is the same whatever the number of devices: each device differentiates
   loss_sum * n_devices / global_count and `pmean` of those gradients is the global gradient.
@@ -43,11 +44,11 @@ def make_train_step(sums_fn, mesh, donate: bool = True):
   """
   n_dev = mesh.shape[AXIS]
 
-  def per_device(state, batch, rng):
+  def per_device(state, batch, rng, frozen):
     rng = jax.random.fold_in(rng, jax.lax.axis_index(AXIS))
 
     def objective(params):
-      sums = sums_fn(params, batch, rng, True)
+      sums = sums_fn(params, batch, rng, True, frozen)
       count = jax.lax.stop_gradient(jax.lax.psum(sums['count'], AXIS))
       return sums['loss'] * n_dev / jnp.maximum(count, 1.0), sums
 
@@ -58,7 +59,7 @@ def make_train_step(sums_fn, mesh, donate: bool = True):
                              for g in jax.tree_util.tree_leaves(grads)))
     return state.apply_gradients(grads=grads), sums, grad_norm
 
-  step = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS), P()),
+  step = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS), P(), P()),
                        out_specs=(P(), P(), P()))
   return jax.jit(step, donate_argnums=(0,) if donate else ())
 
@@ -66,10 +67,11 @@ def make_train_step(sums_fn, mesh, donate: bool = True):
 def make_eval_step(sums_fn, mesh):
   """jit(shard_map): globally summed metrics of a batch, no dropout."""
 
-  def per_device(params, batch):
-    return jax.lax.psum(sums_fn(params, batch, None, False), AXIS)
+  def per_device(params, batch, frozen):
+    return jax.lax.psum(sums_fn(params, batch, None, False, frozen), AXIS)
 
-  return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P()))
+  return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS), P()),
+                               out_specs=P()))
 
 
 def make_predict_step(logits_fn, mesh):

@@ -69,7 +69,7 @@ def build_task(config, workdir: str):
   batches = mlm_data.MLMBatches(train_windows, spec, global_batch, config.seed, pid, nproc)
   model = models.build_model(model_cfg)
 
-  def sums(params, batch, rng, train):
+  def sums(params, batch, rng, train, frozen=None):
     logits = model.apply({'params': params}, batch['input_ids'], batch['attention_mask'],
                          batch['token_type_ids'], deterministic=not train,
                          masked_positions=batch['masked_positions'],

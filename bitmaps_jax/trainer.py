@@ -27,12 +27,13 @@ class NonFiniteError(UserError):
 class Task:
   """What the loop needs to know about a task."""
   params: Any
-  sums: Callable  # (params, batch, rng, train) -> {'loss': sum, 'count': n, ...}
+  sums: Callable  # (params, batch, rng, train, frozen) -> {'loss': sum, 'count': n, ...}
   train_batch: Callable[[int], dict]  # step -> this process's rows of the global batch
   eval_batches: Callable[[], Iterable[dict]]
   items_per_step: int  # tokens (MLM) or examples (GLUE) per global batch, for throughput
   unit: str = 'tok'
   eval_fn: Optional[Callable] = None  # (params) -> metrics dict; replaces the sums-based eval
+  frozen: Any = None  # read-only arrays the steps need (a distillation teacher's params)
 
 
 def validate_loop_config(config):
@@ -48,8 +49,8 @@ def make_train_step_fn(task: Task, mesh):
   raw_step = parallel.make_train_step(task.sums, mesh, donate=False)
 
   @jax.jit
-  def step(state, batch, rng):
-    new_state, sums, grad_norm = raw_step(state, batch, rng)
+  def step(state, batch, rng, frozen):
+    new_state, sums, grad_norm = raw_step(state, batch, rng, frozen)
     finite = jnp.isfinite(sums['loss']) & jnp.isfinite(grad_norm)
     kept = jax.tree_util.tree_map(lambda new, old: jnp.where(finite, new, old), new_state, state)
     return kept, sums, grad_norm, finite
@@ -57,13 +58,13 @@ def make_train_step_fn(task: Task, mesh):
   return step
 
 
-def evaluate(task: Task, params, eval_step, mesh) -> dict:
+def evaluate(task: Task, params, eval_step, mesh, frozen=None) -> dict:
   if task.eval_fn is not None:
     return task.eval_fn(params)
   total = None
   for batch in task.eval_batches():
-    total = metrics.add(total, jax.device_get(eval_step(params, parallel.global_batch(mesh,
-                                                                                      batch))))
+    batch = parallel.global_batch(mesh, batch)
+    total = metrics.add(total, jax.device_get(eval_step(params, batch, frozen)))
   if total is None:
     raise UserError('validation split yields no batches')
   return metrics.means(total)
@@ -83,6 +84,7 @@ def train_and_evaluate(config, workdir: str, task: Task) -> dict:
                                        config.lr_decay, config.get('lr_end_factor', 0.0))
   state = train_state.TrainState.create(apply_fn=None, params=task.params, tx=tx)
   state = parallel.replicate(mesh, state)
+  frozen = parallel.replicate(mesh, task.frozen)
   store = checkpoints.CheckpointStore(os.path.join(workdir, 'checkpoints'),
                                       keep=config.get('keep_checkpoints', 3),
                                       async_save=config.get('async_checkpoints', False))
@@ -111,7 +113,7 @@ def train_and_evaluate(config, workdir: str, task: Task) -> dict:
   for step in range(start, total):
     batch = parallel.global_batch(mesh, task.train_batch(step))
     state, sums, grad_norm, finite = train_step(state, batch,
-                                                jax.random.fold_in(dropout_key, step))
+                                                jax.random.fold_in(dropout_key, step), frozen)
     if not bool(finite):
       if not config.get('skip_nonfinite_steps', False):
         store.wait()
@@ -138,7 +140,7 @@ def train_and_evaluate(config, workdir: str, task: Task) -> dict:
       reporter.progress(done, point['loss'], rate, task.unit)
       accum, t_last, steps_since = None, time.time(), 0
     if done % config.eval_every_steps == 0 or done == total:
-      valid = evaluate(task, state.params, eval_step, mesh)
+      valid = evaluate(task, state.params, eval_step, mesh, frozen)
       reporter.write(done, 'valid', valid)
       reporter.message(f'step {done} valid ' +
                        ' '.join(f'{k} {v:.4f}' for k, v in valid.items()))
@@ -146,7 +148,7 @@ def train_and_evaluate(config, workdir: str, task: Task) -> dict:
     if done % config.checkpoint_every_steps == 0 or done == total:
       save(done)
   if start >= total:
-    valid = evaluate(task, state.params, eval_step, mesh)
+    valid = evaluate(task, state.params, eval_step, mesh, frozen)
     reporter.message('already trained to num_train_steps; valid ' +
                      ' '.join(f'{k} {v:.4f}' for k, v in valid.items()))
   store.wait()

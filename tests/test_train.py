@@ -34,7 +34,7 @@ def _first_loss(task, config, mesh):
                                         tx=optim.make_optimizer(config, 10))
   step = parallel.make_train_step(task.sums, mesh, donate=False)
   batch = parallel.global_batch(mesh, task.train_batch(0))
-  new_state, sums, _ = step(parallel.replicate(mesh, state), batch, jax.random.PRNGKey(0))
+  new_state, sums, _ = step(parallel.replicate(mesh, state), batch, jax.random.PRNGKey(0), None)
   return float(sums['loss'] / sums['count']), new_state.params
 
 

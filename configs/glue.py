@@ -1,0 +1,58 @@
+"""GLUE single-sentence fine-tuning (CoLA, SST-2), optionally distilled from a teacher.
+
+    python train.py --config configs/glue.py:cola --workdir runs/cola-fp \
+        --config.init_checkpoint=HF_OR_RUN_DIR --config.data_dir=GLUE_DIR \
+        --config.binarize.layers=False
+    python train.py --config configs/glue.py:cola --workdir runs/cola-binary \
+        --config.teacher_checkpoint=runs/cola-fp --config.data_dir=GLUE_DIR
+
+data_dir: a GLUE directory (CoLA/{train,dev,test}.tsv, SST-2/...); empty: TFDS glue/<task>.
+"""
+
+import ml_collections
+
+from configs import default
+
+
+def get_config(task: str = 'cola'):
+  config = default.get_config()
+  config.task = 'glue'
+  config.task_name = task
+  config.model = 'minilm-l6-h384'  # used only when init_checkpoint is empty
+  config.init_checkpoint = ''
+  config.teacher_checkpoint = ''  # empty: no distillation
+  config.data_dir = ''
+  config.tfds_data_dir = ''
+  config.eval_split = 'validation'
+  config.max_train_examples = 0  # 0: the whole training split
+  config.length_bucketing = True
+  config.max_seq_length = 128
+  config.dtype = 'float32'
+  config.dropout_rate = 0.1
+
+  config.binarize.layers = True
+  config.binarize.embeddings = 'none'
+  config.freeze_embeddings = False
+  config.freeze_encoder = False
+
+  config.distill = ml_collections.ConfigDict()
+  config.distill.ce_weight = 1.0
+  config.distill.kd_weight = 1.0
+  config.distill.hidden_weight = 1.0
+  config.distill.temperature = 2.0
+
+  config.per_device_batch_size = 32
+  config.num_epochs = 3.0
+  config.num_train_steps = 0  # 0: num_epochs over the training split
+  config.learning_rate = 1e-4
+  config.scale_learning_rate = None
+  config.warmup_steps = -1  # -1: warmup_ratio of the steps
+  config.warmup_ratio = 0.1
+  config.lr_decay = 'linear'
+  config.weight_decay = 0.01
+  config.grad_clip_norm = 1.0
+  config.log_every_steps = 50
+  config.eval_every_steps = 0  # 0: once per epoch
+  config.checkpoint_every_steps = 0  # 0: once per epoch
+  config.keep_checkpoints = 1
+  return config
