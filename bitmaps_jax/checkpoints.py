@@ -19,8 +19,10 @@ class CheckpointStore:
     self.directory = os.path.abspath(directory)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=async_save)
-    self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                         item_names=('state', 'meta'))
+    self.manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={'state': ocp.StandardCheckpointHandler(),
+                       'meta': ocp.JsonCheckpointHandler()})
 
   def latest_step(self):
     return self.manager.latest_step()
@@ -44,11 +46,17 @@ class CheckpointStore:
     return out['state'], out['meta']
 
   def restore_params(self, step=None):
-    """The 'params' subtree of a checkpoint, without knowing its optimizer."""
+    """The 'params' subtree of a checkpoint, without knowing its optimizer, placed on this
+    process's first device (whatever devices saved it)."""
     step = self.latest_step() if step is None else step
     if step is None:
       raise UserError(f'{self.directory}: no checkpoint to restore')
-    out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    tree = self.manager.item_metadata(step)['state']
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree_util.tree_map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
+    out = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract)))
     return out['state']['params']
 
   def close(self):

@@ -56,12 +56,13 @@ def build_task(config, workdir: str):
   teacher_path = config.get('teacher_checkpoint') or ''
   if teacher_path and not config.init_checkpoint:
     config.init_checkpoint = teacher_path  # the student starts from the teacher's weights
-  model_cfg, params = pretrained.load_initial_model(
-      config, 'BertForSequenceClassification', num_labels=task_def.num_labels)
   vocab = pretrained.tokenizer_source(config)
   if vocab is None:
     raise UserError('no tokenizer: set config.tokenizer or an init_checkpoint that has one')
   tokenizer = mlm_data.load_tokenizer(vocab)
+  model_cfg, params = pretrained.load_initial_model(
+      config, 'BertForSequenceClassification', vocab_size=len(tokenizer),
+      num_labels=task_def.num_labels)
   if jax.process_index() == 0:
     pretrained.save_run_files(workdir, config, model_cfg, vocab)
 

@@ -93,6 +93,7 @@ def evaluate_run(run_dir: str, config, split: str) -> dict:
   examples = glue_data.load_split(task, split, config.data_dir, config.tfds_data_dir)
   token_ids = glue_data.tokenize(examples, tokenizer, config.max_seq_length)
   mesh = parallel.data_mesh()
+  params = parallel.replicate(mesh, params)
   model = models.build_model(model_cfg)
   logits = predict_logits(make_logits_step(model, mesh), params, token_ids, examples.labels,
                           config.per_device_batch_size * jax.device_count(),

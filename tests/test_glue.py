@@ -1,0 +1,158 @@
+"""GLUE: TSV and TFDS readers, length bucketing, distillation loss, fine-tune + eval.py."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from bitmaps_jax import distill, finetuning, glue_data, mlm_data, models, runner
+from bitmaps_jax.errors import UserError
+
+COLA = glue_data.TASKS['cola']
+SST2 = glue_data.TASKS['sst2']
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write_glue_dir(root, n=48):
+  rng = np.random.default_rng(0)
+  words = ['the', 'cat', 'dog', 'sees', 'a', 'ball', 'runs', 'big', 'red', 'house']
+  sents = [' '.join(rng.choice(words, size=rng.integers(2, 9))) for _ in range(n)]
+  labels = [int('cat' in s) for s in sents]
+  cola = root / 'CoLA'
+  cola.mkdir(parents=True, exist_ok=True)
+  for split in ('train', 'dev'):
+    (cola / f'{split}.tsv').write_text(
+        ''.join(f'src{i}\t{l}\t{"" if l else "*"}\t{s}\n'
+                for i, (s, l) in enumerate(zip(sents, labels))))
+  (cola / 'test.tsv').write_text('index\tsentence\n' +
+                                 ''.join(f'{i}\t{s}\n' for i, s in enumerate(sents[:10])))
+  sst = root / 'SST-2'
+  sst.mkdir(exist_ok=True)
+  (sst / 'dev.tsv').write_text('sentence\tlabel\n' +
+                               ''.join(f'{s}\t{l}\n' for s, l in zip(sents, labels)))
+  return sents, labels
+
+
+def test_tsv_reader_good_files(tmp_path):
+  sents, labels = write_glue_dir(tmp_path)
+  ex = glue_data.read_tsv(COLA, str(tmp_path / 'CoLA' / 'train.tsv'), 'train')
+  assert ex.sentences == sents and ex.labels.tolist() == labels
+  test = glue_data.read_tsv(COLA, str(tmp_path / 'CoLA' / 'test.tsv'), 'test')
+  assert (test.labels == -1).all() and test.idx.tolist() == list(range(10))
+  dev = glue_data.load_split(SST2, 'validation', data_dir=str(tmp_path))
+  assert dev.sentences == sents and dev.labels.tolist() == labels
+
+
+@pytest.mark.parametrize('content,message', [
+    ('a\t1\t\tgood one\nb\t1\tonly three\n', 'bad.tsv:2: expected 4 tab-separated columns, got 3'),
+    ('a\t1\t\tgood one\nb\t7\t\tbad label\n', "bad.tsv:2: unknown label '7'"),
+    ('a\t1\t\tgood one\nb\tx\t\tbad label\n', "bad.tsv:2: unknown label 'x'"),
+    ('a\t1\t\tgood one\na\t0\t*\t  \n', 'bad.tsv:2: empty sentence'),
+    ('', 'bad.tsv: no examples'),
+])
+def test_tsv_reader_bad_files(tmp_path, content, message):
+  path = tmp_path / 'bad.tsv'
+  path.write_text(content)
+  with pytest.raises(UserError) as e:
+    glue_data.read_tsv(COLA, str(path), 'train')
+  assert message in str(e.value) and '\n' not in str(e.value)
+
+
+def test_tsv_reader_missing_split_and_bad_header(tmp_path):
+  with pytest.raises(UserError, match='dev.tsv: validation split file not found'):
+    glue_data.load_split(COLA, 'validation', data_dir=str(tmp_path))
+  path = tmp_path / 'h.tsv'
+  path.write_text('text\tlabel\nfine\t1\n')
+  with pytest.raises(UserError, match='h.tsv:1: header'):
+    glue_data.read_tsv(SST2, str(path), 'train')
+
+
+def test_tfds_loader_with_mock_data():
+  tfds = pytest.importorskip('tensorflow_datasets')
+  with tfds.testing.mock_data(num_examples=12):
+    ex = glue_data.load_split(COLA, 'validation')
+  assert len(ex.sentences) == 12 and all(isinstance(s, str) for s in ex.sentences)
+  assert set(ex.labels.tolist()) <= {0, 1} and len(ex.idx) == 12
+
+
+def test_length_bucketing_pads_to_short_buckets():
+  rng = np.random.default_rng(0)
+  ids = [np.arange(rng.integers(3, 60), dtype=np.int32) for _ in range(256)]
+  labels = np.zeros(256, np.int32)
+  bucketed = glue_data.TrainBatches(ids, labels, 16, 128, seed=0, bucketing=True, pool=8)
+  plain = glue_data.TrainBatches(ids, labels, 16, 128, seed=0, bucketing=False)
+  b_lens = [bucketed.batch(s)['input_ids'].shape[1] for s in range(16)]
+  assert all(l % 16 == 0 and l <= 64 for l in b_lens) and np.mean(b_lens) < 64
+  assert {plain.batch(s)['input_ids'].shape[1] for s in range(16)} == {128}
+  # Every example appears exactly once per epoch, and padding is masked out.
+  seen = sorted(int(m.sum()) for s in range(16) for m in bucketed.batch(s)['attention_mask'])
+  assert seen == sorted(len(t) for t in ids)
+
+
+def test_distillation_loss_is_zero_when_student_equals_teacher():
+  cfg = models.model_config('tiny', architecture='BertForSequenceClassification')
+  params = models.init_params(cfg, jax.random.PRNGKey(0))
+  model = models.build_model(cfg)
+  ids = np.random.default_rng(0).integers(5, cfg.vocab_size, (4, 12))
+  mask = np.ones_like(ids)
+  mask[1, 6:] = 0
+  logits, out = model.apply({'params': params}, ids, mask, output_hidden_states=True)
+  kd = distill.kl_divergence(logits, logits, 2.0)
+  mse = distill.hidden_mse(out.hidden_states, out.hidden_states, mask)
+  np.testing.assert_allclose(kd, 0.0, atol=1e-6)
+  np.testing.assert_array_equal(mse, 0.0)
+  other = models.init_params(cfg, jax.random.PRNGKey(1))
+  logits2, out2 = model.apply({'params': other}, ids, mask, output_hidden_states=True)
+  assert (distill.kl_divergence(logits2, logits, 2.0) > 0).all()
+  assert (distill.hidden_mse(out2.hidden_states, out.hidden_states, mask) > 0).all()
+
+
+def _tiny_glue_config(tmp_path, **changes):
+  from configs import glue
+  write_glue_dir(tmp_path / 'glue')
+  vocab = mlm_data.train_wordpiece_vocab(['the cat dog sees a ball runs big red house'], 64,
+                                         str(tmp_path / 'vocab.txt'))
+  config = glue.get_config('cola')
+  config.model = 'tiny'
+  config.tokenizer = vocab
+  config.data_dir = str(tmp_path / 'glue')
+  config.max_seq_length = 16
+  config.per_device_batch_size = 2
+  config.num_epochs = 2.0
+  config.learning_rate = 1e-3
+  config.log_every_steps = 1
+  config.update(changes)
+  return config
+
+
+def test_finetune_distill_and_eval_cli(tmp_path):
+  teacher_dir, student_dir = str(tmp_path / 'teacher'), str(tmp_path / 'student')
+  teacher = runner.train(_tiny_glue_config(tmp_path, binarize={'layers': False}), teacher_dir)
+  assert {'mcc', 'accuracy', 'pred_frac_0', 'pred_frac_1'} <= set(teacher)
+  student_cfg = _tiny_glue_config(tmp_path, teacher_checkpoint=teacher_dir)
+  student_cfg.tokenizer = ''  # taken from the teacher run
+  runner.train(student_cfg, student_dir)
+  points = [json.loads(l) for l in open(os.path.join(student_dir, 'metrics.jsonl'))]
+  assert {'kd', 'hidden_mse', 'ce'} <= set(points[0])
+
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  for split in ('validation', 'test'):
+    out = subprocess.run([sys.executable, 'eval.py', f'--workdir={student_dir}',
+                          f'--split={split}'], cwd=REPO, capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert 'predicted labels' in out.stdout
+  result = json.load(open(os.path.join(student_dir, 'eval_validation.json')))
+  assert 'confusion_matrix' in result and sum(result['predicted_label_counts']) == 48
+  rows = open(os.path.join(student_dir, 'CoLA.tsv')).read().splitlines()
+  assert rows[0] == 'index\tprediction' and len(rows) == 11
+  # --config overrides reach the evaluation; a bad data_dir is one line.
+  out = subprocess.run([sys.executable, 'eval.py', f'--workdir={student_dir}',
+                        '--config.data_dir=/nonexistent'], cwd=REPO, capture_output=True,
+                       text=True, env=env)
+  assert out.returncode == 2
+  assert out.stderr.strip().splitlines() == [
+      'error: /nonexistent/CoLA/dev.tsv: validation split file not found']
