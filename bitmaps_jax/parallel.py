@@ -40,6 +40,9 @@ def make_train_step(sums_fn, mesh, donate: bool = True):
   The objective is the global mean of the summed 'loss' over the global 'count', so the
   step is the same whatever the number of devices: each device differentiates
   loss_sum * n_devices / global_count and `pmean` of those gradients is the global gradient.
+  The params are cast to device-varying before differentiating, so each device holds its own
+  gradient until `pmean` (as under pmap); differentiating the replicated params directly
+  would make shard_map sum the gradients implicitly.
   Returns (new state, globally summed metrics, global gradient norm).
   """
   n_dev = mesh.shape[AXIS]
@@ -52,7 +55,8 @@ def make_train_step(sums_fn, mesh, donate: bool = True):
       count = jax.lax.stop_gradient(jax.lax.psum(sums['count'], AXIS))
       return sums['loss'] * n_dev / jnp.maximum(count, 1.0), sums
 
-    grads, sums = jax.grad(objective, has_aux=True)(state.params)
+    local_params = jax.lax.pcast(state.params, AXIS, to='varying')
+    grads, sums = jax.grad(objective, has_aux=True)(local_params)
     grads = jax.lax.pmean(grads, AXIS)
     sums = jax.lax.psum(sums, AXIS)
     grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g.astype(jnp.float32)))

@@ -34,17 +34,19 @@ def _first_loss(task, config, mesh):
                                         tx=optim.make_optimizer(config, 10))
   step = parallel.make_train_step(task.sums, mesh, donate=False)
   batch = parallel.global_batch(mesh, task.train_batch(0))
-  new_state, sums, _ = step(parallel.replicate(mesh, state), batch, jax.random.PRNGKey(0), None)
-  return float(sums['loss'] / sums['count']), new_state.params
+  new_state, sums, grad_norm = step(parallel.replicate(mesh, state), batch,
+                                    jax.random.PRNGKey(0), None)
+  return float(sums['loss'] / sums['count']), float(grad_norm), new_state.params
 
 
 def test_data_parallel_step_matches_single_device(tmp_path):
   assert jax.device_count() == 8, 'conftest sets 8 simulated CPU devices'
   config = tiny_config(dropout_rate=0.0, per_device_batch_size=2)
   task, _ = pretraining.build_task(config, str(tmp_path))
-  loss8, params8 = _first_loss(task, config, parallel.data_mesh())
-  loss1, params1 = _first_loss(task, config, parallel.data_mesh(jax.devices()[:1]))
+  loss8, norm8, params8 = _first_loss(task, config, parallel.data_mesh())
+  loss1, norm1, params1 = _first_loss(task, config, parallel.data_mesh(jax.devices()[:1]))
   assert loss8 == pytest.approx(loss1, rel=1e-6)
+  assert norm8 == pytest.approx(norm1, rel=1e-5)  # the global gradient, not a sum of 8
   diffs = jax.tree_util.tree_leaves(jax.tree_util.tree_map(
       lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()), params8, params1))
   assert max(diffs) < 1e-6
