@@ -13,11 +13,20 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', 'configs/default.py', 'Training configuration.',
                                 lock_config=True)
 flags.DEFINE_string('workdir', 'runs/default', 'Directory for checkpoints, logs and plots.')
+flags.DEFINE_bool('distributed', False,
+                  'Call jax.distributed.initialize() (multi-host; on Cloud TPU it needs no '
+                  'other flag).')
+flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (multi-process).')
+flags.DEFINE_integer('num_processes', None, 'Number of processes (multi-process).')
+flags.DEFINE_integer('process_id', None, 'This process\'s index (multi-process).')
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  if FLAGS.distributed or FLAGS.coordinator_address:
+    runner.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                  FLAGS.process_id)
   runner.train(FLAGS.config, FLAGS.workdir)
 
 

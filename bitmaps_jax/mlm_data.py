@@ -258,9 +258,12 @@ class MLMBatches:
   def batch(self, step: int) -> dict:
     epoch, index = divmod(step, self.steps_per_epoch)
     order = np.random.default_rng((self.seed, epoch)).permutation(len(self.windows))
-    start = index * self.global_batch_size + self.offset
-    rows = self.windows[order[start:start + self.local]]
-    return mask_tokens(rows, self.spec, np.random.default_rng((self.seed, 1, step)))
+    start = index * self.global_batch_size
+    # Mask the whole global batch, then keep this process's rows: the masks do not depend on
+    # how many processes share the batch.
+    masked = mask_tokens(self.windows[order[start:start + self.global_batch_size]], self.spec,
+                         np.random.default_rng((self.seed, 1, step)))
+    return {k: v[self.offset:self.offset + self.local] for k, v in masked.items()}
 
 
 def eval_batches(windows: np.ndarray, spec: MaskingSpec, global_batch_size: int, max_batches: int,
@@ -274,9 +277,8 @@ def eval_batches(windows: np.ndarray, spec: MaskingSpec, global_batch_size: int,
   if max_batches:
     n = min(n, max_batches)
   for i in range(n):
-    rows = np.arange(i * global_batch_size + process_index * local,
-                     i * global_batch_size + (process_index + 1) * local)
+    rows = np.arange(i * global_batch_size, (i + 1) * global_batch_size)
     real = rows < len(windows)
     batch = mask_tokens(windows[np.where(real, rows, 0)], spec, np.random.default_rng((12345, i)))
     batch['masked_weights'] *= real[:, None]
-    yield batch
+    yield {k: v[process_index * local:(process_index + 1) * local] for k, v in batch.items()}
