@@ -116,3 +116,10 @@ def test_learned_vocab_and_packing(tmp_path):
     mlm_data.pack_windows(['the cat'], tok, 32)
   with pytest.raises(UserError, match='vocab file not found'):
     mlm_data.load_tokenizer(str(tmp_path / 'missing.txt'))
+
+
+def test_tfds_wikipedia_reader_with_mock_data():
+  tfds = pytest.importorskip('tensorflow_datasets')
+  with tfds.testing.mock_data(num_examples=7, policy=tfds.testing.MockPolicy.USE_CODE):
+    docs = mlm_data.read_tfds_documents('wikipedia/20230601.en', 'train', max_documents=5)
+  assert len(docs) == 5 and all(isinstance(d, str) for d in docs)
