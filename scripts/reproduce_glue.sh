@@ -8,7 +8,8 @@
 #  2. binary:         layers binarized, distilled from the teacher (starts from its weights)
 #  3. binary_nokd:    layers binarized, fine-tuned from INIT without a teacher (the seed's setting)
 #  4. binary_emb:     layers + per_dim word embeddings binarized, distilled from the teacher
-# then evaluates all four on the dev split and prints one table.
+# then evaluates them on the dev split and prints one table. RUNS (environment) picks a subset,
+# e.g. RUNS="teacher binary"; STUDENT_LR and STUDENT_EPOCHS set the students' schedule.
 set -euo pipefail
 task=${1:?usage: scripts/reproduce_glue.sh TASK OUT [DATA_DIR] [flags]}
 out=${2:?usage: scripts/reproduce_glue.sh TASK OUT [DATA_DIR] [flags]}
@@ -25,22 +26,24 @@ run() {  # name, flags...
   echo "$name $((SECONDS - start))" >> "$out/wall_seconds.txt"
 }
 
+runs=${RUNS:-teacher binary binary_nokd binary_emb}
+wanted() { [[ " $runs " == *" $1 "* ]]; }
 mkdir -p "$out"
-: > "$out/wall_seconds.txt"
-run teacher --config.init_checkpoint="$init" --config.binarize.layers=False "$@"
-run binary --config.teacher_checkpoint="$out/teacher" "${student[@]}" "$@"
-run binary_nokd --config.init_checkpoint="$init" "${student[@]}" "$@"
-run binary_emb --config.teacher_checkpoint="$out/teacher" --config.binarize.embeddings=per_dim \
-  "${student[@]}" "$@"
-for name in teacher binary binary_nokd binary_emb; do
+touch "$out/wall_seconds.txt"
+wanted teacher && run teacher --config.init_checkpoint="$init" --config.binarize.layers=False "$@"
+wanted binary && run binary --config.teacher_checkpoint="$out/teacher" "${student[@]}" "$@"
+wanted binary_nokd && run binary_nokd --config.init_checkpoint="$init" "${student[@]}" "$@"
+wanted binary_emb && run binary_emb --config.teacher_checkpoint="$out/teacher" \
+  --config.binarize.embeddings=per_dim "${student[@]}" "$@"
+for name in $runs; do
   python eval.py --workdir "$out/$name" --config.data_dir="$data" > "$out/$name/eval.txt"
 done
-python - "$out" <<'PY'
+python - "$out" $runs <<'PY'
 import json, os, sys
 out = sys.argv[1]
 wall = dict(l.split() for l in open(os.path.join(out, 'wall_seconds.txt')))
 cells = []
-for name in ('teacher', 'binary', 'binary_nokd', 'binary_emb'):
+for name in sys.argv[2:]:
   e = json.load(open(os.path.join(out, name, 'eval_validation.json')))
   metric = f"mcc {e['mcc']:.3f} " if 'mcc' in e else ''
   cells.append(f"{name}: {metric}acc {e['accuracy']:.3f} labels {e['predicted_label_counts']} "
