@@ -1,0 +1,252 @@
+"""Side-by-side benchmarks: train-step throughput, packed-weight inference, bucketing.
+
+    python -m bitmaps_jax.bench [--quick] [--sizes minilm-l6-h384,bert-base] [--batch 8]
+
+Every figure is a median over repeats after warm-up, measured in one run on one machine;
+ratios are printed next to them. `--quick` runs tiny shapes (for CI: it checks that the
+benchmark runs, not how fast).
+"""
+
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import traverse_util
+
+from bitmaps_jax import binarize, export, glue_data, models
+from bitmaps_jax.binarize import BinarizeConfig
+from bitmaps_jax.errors import exit_on_user_error
+
+VARIANTS = (('ours float32', BinarizeConfig()),
+            ('ours binary layers', BinarizeConfig(layers=True)),
+            ('ours binary layers+emb', BinarizeConfig(layers=True, embeddings='per_dim')))
+
+
+def median_seconds(fn, repeats: int, warmup: int = 1) -> float:
+  for _ in range(warmup):
+    fn()
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t)
+  return statistics.median(times)
+
+
+def _batch(config, batch, seq, seed=0):
+  rng = np.random.default_rng(seed)
+  ids = rng.integers(1000 % config.vocab_size, config.vocab_size, (batch, seq)).astype(np.int32)
+  return jnp.asarray(ids), jnp.asarray(rng.integers(0, config.vocab_size, (batch, seq)))
+
+
+def jax_train_step_seconds(config, batch, seq, repeats):
+  model = models.build_model(config)
+  params = models.init_params(config, jax.random.PRNGKey(0), seq)
+  tx = optax.adamw(1e-4)
+  opt = tx.init(params)
+  ids, labels = _batch(config, batch, seq)
+
+  @jax.jit
+  def step(params, opt):
+    def loss_fn(p):
+      logits = model.apply({'params': p}, ids).astype(jnp.float32)
+      return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt = tx.update(grads, opt, params)
+    return optax.apply_updates(params, updates), opt, loss
+
+  state = [params, opt]
+
+  def run():
+    state[0], state[1], loss = step(*state)
+    loss.block_until_ready()
+
+  return median_seconds(run, repeats)
+
+
+def torch_train_step_seconds(config, batch, seq, repeats):
+  import torch
+  import transformers
+  hf = transformers.BertConfig(**{k: getattr(config, k) for k in (
+      'vocab_size', 'hidden_size', 'num_hidden_layers', 'num_attention_heads',
+      'intermediate_size', 'max_position_embeddings')})
+  model = transformers.BertForMaskedLM(hf).train()
+  opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+  ids, labels = (torch.tensor(np.asarray(a), dtype=torch.long) for a in _batch(config, batch, seq))
+
+  def run():
+    opt.zero_grad()
+    model(input_ids=ids, labels=labels).loss.backward()
+    opt.step()
+
+  return median_seconds(run, repeats)
+
+
+def packed_forward_fn(config, packed: dict, shapes: dict):
+  """A jitted forward pass whose binary weights arrive packed (uint8) and are unpacked inside
+  the computation; the float weights arrive in 16 bits."""
+  model = models.build_model(config.replace(
+      binarize=BinarizeConfig(**{**config.binarize.__dict__, 'center': False})))
+
+  @jax.jit
+  def forward(packed, ids):
+    flat = {}
+    for key, value in packed.items():
+      if key in shapes:
+        flat[key] = binarize.unpack_signs(value, shapes[key], jnp.float32)
+      else:
+        flat[key] = value.astype(jnp.float32)
+    return model.apply({'params': traverse_util.unflatten_dict(flat)}, ids)
+
+  return forward
+
+
+def pack_for_inference(config, params, float_dtype=jnp.float16):
+  signs = export.binary_signs_tree(config, params)
+  packed, shapes = {}, {}
+  for key, w in traverse_util.flatten_dict(params).items():
+    if key in signs:
+      packed[key], shapes[key] = binarize.pack_signs(signs[key]), tuple(w.shape)
+    else:
+      packed[key] = jnp.asarray(w, float_dtype)
+  return packed, shapes
+
+
+def inference_rows(size, batch, seq, repeats):
+  """[(name, seconds, weight bytes, peak bytes)] for one forward pass of `size`."""
+  rows = []
+  base = models.model_config(size, architecture='BertForMaskedLM')
+  ids, _ = _batch(base, batch, seq)
+  params = models.init_params(base, jax.random.PRNGKey(0), seq)
+  fwd = jax.jit(lambda p, x: models.build_model(base).apply({'params': p}, x))
+  mem = fwd.lower(params, ids).compile().memory_analysis()
+  secs = median_seconds(lambda: fwd(params, ids).block_until_ready(), repeats)
+  rows.append(('ours float32', secs, mem.argument_size_in_bytes,
+               mem.argument_size_in_bytes + mem.temp_size_in_bytes))
+  cfg = base.replace(binarize=BinarizeConfig(layers=True))
+  bparams = models.init_params(cfg, jax.random.PRNGKey(0), seq)
+  packed, shapes = pack_for_inference(cfg, bparams)
+  pf = packed_forward_fn(cfg, packed, shapes)
+  mem = pf.lower(packed, ids).compile().memory_analysis()
+  secs = median_seconds(lambda: pf(packed, ids).block_until_ready(), repeats)
+  rows.append(('ours packed binary layers', secs, mem.argument_size_in_bytes,
+               mem.argument_size_in_bytes + mem.temp_size_in_bytes))
+  try:
+    import torch
+    import transformers
+    hf = transformers.BertConfig(**{k: getattr(base, k) for k in (
+        'vocab_size', 'hidden_size', 'num_hidden_layers', 'num_attention_heads',
+        'intermediate_size', 'max_position_embeddings')})
+    model = transformers.BertForMaskedLM(hf).eval()
+    tids = torch.tensor(np.asarray(ids), dtype=torch.long)
+
+    def run():
+      with torch.no_grad():
+        model(input_ids=tids)
+
+    secs = median_seconds(run, repeats)
+    nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    rows.append(('pytorch float32', secs, nbytes, float('nan')))
+  except ImportError:
+    pass
+  return rows
+
+
+def bucketing_epoch_seconds(size, lengths, batch, max_len, repeats):
+  """Seconds for one pass of train steps over examples of the given token lengths."""
+  config = models.model_config(size, architecture='BertForSequenceClassification')
+  model = models.build_model(config)
+  params = models.init_params(config, jax.random.PRNGKey(0))
+  tx = optax.adamw(1e-4)
+  opt = tx.init(params)
+  ids = [np.full(min(n, max_len), 1000 % config.vocab_size, np.int32) for n in lengths]
+  labels = np.zeros(len(ids), np.int32)
+
+  @jax.jit
+  def step(params, opt, b):
+    def loss_fn(p):
+      logits = model.apply({'params': p}, b['input_ids'], b['attention_mask'])
+      return optax.softmax_cross_entropy_with_integer_labels(logits, b['labels']).mean()
+    grads = jax.grad(loss_fn)(params)
+    updates, opt = tx.update(grads, opt, params)
+    return optax.apply_updates(params, updates), opt
+
+  out = {}
+  for bucketing in (False, True):
+    batches = glue_data.TrainBatches(ids, labels, batch, max_len, 0, bucketing=bucketing)
+    all_batches = [batches.batch(s) for s in range(batches.steps_per_epoch)]
+    for b in all_batches:  # compile every shape before timing
+      params, opt = step(params, opt, b)
+
+    def epoch():
+      p, o = params, opt
+      for b in all_batches:
+        p, o = step(p, o, b)
+      jax.block_until_ready(p)
+
+    out[bucketing] = median_seconds(epoch, repeats, warmup=0)
+  return out
+
+
+@exit_on_user_error
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--quick', action='store_true', help='tiny shapes, for CI')
+  parser.add_argument('--sizes', default='minilm-l6-h384,bert-base')
+  parser.add_argument('--batch', type=int, default=8)
+  parser.add_argument('--seq', type=int, default=128)
+  parser.add_argument('--repeats', type=int, default=3)
+  parser.add_argument('--sst2_train', default='', help='SST-2 train.tsv for the bucketing run')
+  args = parser.parse_args(argv)
+  sizes = ['tiny'] if args.quick else args.sizes.split(',')
+  batch, seq, repeats = (2, 16, 1) if args.quick else (args.batch, args.seq, args.repeats)
+  print(f'jax {jax.__version__} on {jax.devices()[0].platform}, {jax.device_count()} device(s);'
+        f' batch {batch} x {seq} tokens; medians of {repeats} after warm-up')
+
+  print('\n== train step (forward, backward, AdamW), tokens/s')
+  for size in sizes:
+    results = []
+    for name, cfg in VARIANTS:
+      config = models.model_config(size, architecture='BertForMaskedLM', binarize=cfg)
+      results.append((name, jax_train_step_seconds(config, batch, seq, repeats)))
+    try:
+      config = models.model_config(size)
+      results.append(('pytorch float32', torch_train_step_seconds(config, batch, seq, repeats)))
+    except ImportError:
+      pass
+    fp = results[0][1]
+    for name, secs in results:
+      print(f'{size:<16} {name:<24} {batch * seq / secs:10.0f} tok/s   '
+            f'time ratio to ours float32 {secs / fp:5.2f}')
+
+  print('\n== inference (forward), latency and memory')
+  for size in sizes:
+    rows = inference_rows(size, batch, seq, repeats)
+    fp_secs, fp_bytes = rows[0][1], rows[0][2]
+    for name, secs, wbytes, peak in rows:
+      print(f'{size:<16} {name:<26} {secs * 1e3:9.1f} ms ({secs / fp_secs:4.2f}x)  weights '
+            f'{wbytes / 2**20:8.1f} MiB ({fp_bytes / wbytes:4.1f}x less)  peak '
+            f'{peak / 2**20:8.1f} MiB')
+
+  print('\n== one fine-tuning epoch, with and without length bucketing')
+  if args.sst2_train:
+    task = glue_data.TASKS['sst2']
+    ex = glue_data.read_tsv(task, args.sst2_train, 'train')
+    lengths = [min(len(s.split()) + 2, 128) for s in ex.sentences]  # words + [CLS], [SEP]
+    source = 'SST-2 train (whitespace tokens + 2)'
+  else:
+    lengths = list(np.random.default_rng(0).integers(4, 60, 256 if args.quick else 4096))
+    source = 'synthetic lengths 4-60'
+  size = sizes[0]
+  secs = bucketing_epoch_seconds(size, lengths, 4 if args.quick else 32,
+                                 32 if args.quick else 128, 1)
+  print(f'{size:<16} {source}, {len(lengths)} examples: padded to max_seq_length '
+        f'{secs[False]:.1f} s, bucketed {secs[True]:.1f} s ({secs[False] / secs[True]:.2f}x)')
+
+
+if __name__ == '__main__':
+  main()
