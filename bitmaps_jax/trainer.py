@@ -114,21 +114,21 @@ def train_and_evaluate(config, workdir: str, task: Task) -> dict:
     batch = parallel.global_batch(mesh, task.train_batch(step))
     state, sums, grad_norm, finite = train_step(state, batch,
                                                 jax.random.fold_in(dropout_key, step), frozen)
-    if not bool(finite):
-      if not config.get('skip_nonfinite_steps', False):
-        store.wait()
-        good = store.latest_step()
-        raise NonFiniteError(
-            f'step {step + 1}: non-finite loss or gradient (loss {float(sums["loss"])}, '
-            f'grad norm {float(grad_norm)}); stopped, last good checkpoint: '
-            f'{"none" if good is None else f"{store.directory}/{good}"}')
-      skipped += 1
-      reporter.message(f'step {step + 1}: non-finite loss or gradient, update skipped')
-      continue
-    accum = metrics.add(accum, jax.device_get(sums))
-    steps_since += 1
     done = step + 1
-    if done % config.log_every_steps == 0 or done == total:
+    if bool(finite):
+      accum = metrics.add(accum, jax.device_get(sums))
+      steps_since += 1
+    elif not config.get('skip_nonfinite_steps', False):
+      store.wait()
+      good = store.latest_step()
+      raise NonFiniteError(
+          f'step {done}: non-finite loss or gradient (loss {float(sums["loss"])}, '
+          f'grad norm {float(grad_norm)}); stopped, last good checkpoint: '
+          f'{"none" if good is None else f"{store.directory}/{good}"}')
+    else:
+      skipped += 1
+      reporter.message(f'step {done}: non-finite loss or gradient, update skipped')
+    if accum is not None and (done % config.log_every_steps == 0 or done == total):
       elapsed = max(time.time() - t_last, 1e-9)
       rate = steps_since * task.items_per_step / elapsed
       point = metrics.means(accum)
