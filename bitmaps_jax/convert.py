@@ -271,17 +271,13 @@ def adapt_params(config: BertConfig, params, architecture: str, rng, num_labels=
   The shared encoder is kept; heads the source lacks are initialised at random (from `rng`),
   heads the target lacks are dropped. Returns (new config, new params).
   """
-  src_bert = params if config.architecture == 'BertModel' else params['bert']
   target = config.replace(architecture=architecture,
                           num_labels=num_labels if num_labels is not None else config.num_labels)
+  if config.architecture == architecture and target.num_labels == config.num_labels:
+    return target, params
+  src_bert = params if config.architecture == 'BertModel' else params['bert']
   fresh = models.init_params(target, rng)
   if architecture == 'BertModel':
-    merged = dict(fresh)
-    merged.update({k: v for k, v in src_bert.items() if k in fresh})
-    return target, merged
-  bert = dict(fresh['bert'])
-  bert.update({k: v for k, v in src_bert.items() if k in bert})
-  merged = dict(fresh, bert=bert)
-  if config.architecture == architecture:
-    merged = dict(params)
-  return target, merged
+    return target, dict(fresh, **{k: v for k, v in src_bert.items() if k in fresh})
+  bert = dict(fresh['bert'], **{k: v for k, v in src_bert.items() if k in fresh['bert']})
+  return target, dict(fresh, bert=bert)
