@@ -110,3 +110,16 @@ def test_bad_directories(tmp_path, minilm_dir):
   (tmp_path / 'config.json').write_text(json.dumps(dict(hf, num_hidden_layers=8)))
   with pytest.raises(UserError, match='missing weights'):
     convert.load_hf_bert(str(tmp_path))
+
+
+@pytest.mark.parametrize('architecture', ['BertForMaskedLM', 'BertForSequenceClassification'])
+def test_adapt_params_keeps_the_encoder_and_adds_the_head(minilm_dir, architecture):
+  config, params = convert.load_hf_bert(minilm_dir)
+  new_cfg, new = convert.adapt_params(config, params, architecture, jax.random.PRNGKey(0),
+                                      num_labels=3)
+  expected = models.param_shapes(new_cfg)
+  assert jax.tree_util.tree_structure(new) == jax.tree_util.tree_structure(expected)
+  np.testing.assert_array_equal(new['bert']['encoder']['layer_5']['output']['dense']['kernel'],
+                                params['encoder']['layer_5']['output']['dense']['kernel'])
+  if architecture == 'BertForSequenceClassification':
+    assert new['classifier']['kernel'].shape == (config.hidden_size, 3)
