@@ -12,13 +12,20 @@ import orbax.checkpoint as ocp
 from bitmaps_jax.errors import UserError
 
 
+def has_checkpoints(directory: str) -> bool:
+  """Whether `directory` holds at least one finished checkpoint (step directories only)."""
+  return os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory))
+
+
 class CheckpointStore:
   """Keeps the latest `keep` checkpoints; each has 'state' (pytree) and 'meta' (JSON)."""
 
   def __init__(self, directory: str, keep: int = 3, async_save: bool = False):
     self.directory = os.path.abspath(directory)
+    # A save killed half-way leaves only a temporary directory; it is removed on the next start.
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                           enable_async_checkpointing=async_save)
+                                           enable_async_checkpointing=async_save,
+                                           cleanup_tmp_directories=True)
     self.manager = ocp.CheckpointManager(
         self.directory, options=options,
         item_handlers={'state': ocp.StandardCheckpointHandler(),

@@ -63,6 +63,7 @@ def build_task(config, workdir: str):
   model_cfg, params = pretrained.load_initial_model(
       config, 'BertForSequenceClassification', vocab_size=len(tokenizer),
       num_labels=task_def.num_labels)
+  pretrained.check_resumable(workdir, model_cfg)
   if jax.process_index() == 0:
     pretrained.save_run_files(workdir, config, model_cfg, vocab)
 
@@ -73,9 +74,10 @@ def build_task(config, workdir: str):
                                config.tfds_data_dir)
   train_ids = glue_data.tokenize(train, tokenizer, config.max_seq_length)
   valid_ids = glue_data.tokenize(valid, tokenizer, config.max_seq_length)
-  global_batch = config.per_device_batch_size * jax.device_count()
+  global_batch = parallel.global_batch_size(config)
   batches = glue_data.TrainBatches(train_ids, train.labels, global_batch, config.max_seq_length,
                                    config.seed, bucketing=config.length_bucketing,
+                                   pool=config.bucket_pool,
                                    process_index=jax.process_index(),
                                    process_count=jax.process_count())
   derive_schedule(config, batches.steps_per_epoch)

@@ -170,6 +170,8 @@ class TrainBatches:
     if len(token_ids) < global_batch_size:
       raise UserError(f'{len(token_ids)} training examples, fewer than one global batch '
                       f'of {global_batch_size}')
+    if pool < 1:
+      raise UserError(f'config.bucket_pool must be at least 1, got {pool}')
     self.token_ids, self.labels = token_ids, labels
     self.lengths = np.asarray([len(t) for t in token_ids])
     self.global_batch_size, self.max_seq_length = global_batch_size, max_seq_length

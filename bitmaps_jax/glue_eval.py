@@ -96,7 +96,7 @@ def evaluate_run(run_dir: str, config, split: str) -> dict:
   params = parallel.replicate(mesh, params)
   model = models.build_model(model_cfg)
   logits = predict_logits(make_logits_step(model, mesh), params, token_ids, examples.labels,
-                          config.per_device_batch_size * jax.device_count(),
+                          parallel.global_batch_size(config),
                           config.max_seq_length, mesh)
   out = report(task, split, logits, examples.labels)
   out['checkpoint_step'] = int(step)

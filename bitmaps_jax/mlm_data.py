@@ -248,7 +248,7 @@ class MLMBatches:
                       f'{process_count} processes')
     if len(windows) < global_batch_size:
       raise UserError(f'only {len(windows)} training windows, fewer than one global batch '
-                      f'of {global_batch_size}; lower per_device_batch_size or max_seq_length')
+                      f'of {global_batch_size}; lower the batch size or max_seq_length')
     self.windows, self.spec, self.seed = windows, spec, seed
     self.global_batch_size = global_batch_size
     self.local = global_batch_size // process_count

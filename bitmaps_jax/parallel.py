@@ -11,6 +11,8 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from bitmaps_jax.errors import UserError
+
 AXIS = 'data'
 
 
@@ -19,6 +21,25 @@ def data_mesh(devices=None) -> jax.sharding.Mesh:
   if devices is None:
     return jax.make_mesh((jax.device_count(),), (AXIS,))
   return jax.sharding.Mesh(np.asarray(devices), (AXIS,))
+
+
+def global_batch_size(config) -> int:
+  """Examples per step over all devices: `config.global_batch_size` when set (it must split
+  evenly over the devices), else per_device_batch_size x device count."""
+  devices = jax.device_count()
+  size = config.get('global_batch_size') or 0
+  if not size:
+    per_device = config.per_device_batch_size
+    if not isinstance(per_device, int) or per_device <= 0:
+      raise UserError(f'config.per_device_batch_size must be a positive integer, got '
+                      f'{per_device!r}')
+    return per_device * devices
+  if not isinstance(size, int) or size < 0:
+    raise UserError(f'config.global_batch_size must be a positive integer, got {size!r}')
+  if size % devices:
+    raise UserError(f'config.global_batch_size {size} does not split over {devices} devices '
+                    f'(it must be a multiple of {devices})')
+  return size
 
 
 def global_batch(mesh, local_batch: dict) -> dict:

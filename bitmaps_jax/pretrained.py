@@ -91,6 +91,33 @@ def tokenizer_source(config):
   return None
 
 
+# Fields that decide the shapes of the params; a checkpoint only fits a model that shares them.
+SHAPE_FIELDS = ('architecture', 'vocab_size', 'hidden_size', 'num_hidden_layers',
+                'num_attention_heads', 'intermediate_size', 'max_position_embeddings',
+                'type_vocab_size', 'num_labels', 'binarize.layers', 'binarize.embeddings',
+                'binarize.granularity')
+
+
+def _field(cfg: models.BertConfig, name: str):
+  for part in name.split('.'):
+    cfg = getattr(cfg, part, None)
+  return cfg
+
+
+def check_resumable(workdir: str, model_cfg: models.BertConfig):
+  """Refuses a workdir whose checkpoints belong to another model, before anything in it is
+  overwritten."""
+  if not is_run_dir(workdir) or not checkpoints.has_checkpoints(os.path.join(workdir,
+                                                                             'checkpoints')):
+    return
+  saved = read_run_model_config(workdir)
+  diff = [f'{k} {_field(saved, k)} (saved) vs {_field(model_cfg, k)}' for k in SHAPE_FIELDS
+          if _field(saved, k) != _field(model_cfg, k)]
+  if diff:
+    raise UserError(f'{workdir}: holds checkpoints of another model ({"; ".join(diff)}); '
+                    f'use another workdir or the same model settings')
+
+
 def save_run_files(workdir: str, config, model_cfg: models.BertConfig, vocab_source: str):
   """Writes what a later eval.py or init_checkpoint needs: model and train config, vocab."""
   os.makedirs(workdir, exist_ok=True)

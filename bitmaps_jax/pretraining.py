@@ -5,7 +5,7 @@ import tempfile
 
 import jax
 
-from bitmaps_jax import metrics, mlm_data, models, pretrained, trainer
+from bitmaps_jax import metrics, mlm_data, models, parallel, pretrained, trainer
 from bitmaps_jax.errors import UserError
 
 
@@ -55,6 +55,7 @@ def build_task(config, workdir: str):
   if model_cfg.vocab_size < len(tokenizer):
     raise UserError(f'tokenizer {vocab_source} has {len(tokenizer)} tokens, more than the '
                     f'model\'s vocab_size {model_cfg.vocab_size}')
+  pretrained.check_resumable(workdir, model_cfg)
   if is_main:
     pretrained.save_run_files(workdir, config, model_cfg, vocab_source)
 
@@ -64,7 +65,7 @@ def build_task(config, workdir: str):
       vocab_size=len(tokenizer), mask_token_id=tokenizer.mask_token_id,
       special_ids=tuple(tokenizer.all_special_ids), mask_prob=config.mask_prob,
       max_predictions=mlm_data.num_predictions(config.max_seq_length, config.mask_prob))
-  global_batch = config.per_device_batch_size * jax.device_count()
+  global_batch = parallel.global_batch_size(config)
   pid, nproc = jax.process_index(), jax.process_count()
   batches = mlm_data.MLMBatches(train_windows, spec, global_batch, config.seed, pid, nproc)
   model = models.build_model(model_cfg)

@@ -37,7 +37,7 @@ class Task:
 
 
 def validate_loop_config(config):
-  for field in ('num_train_steps', 'per_device_batch_size', 'eval_every_steps',
+  for field in ('num_train_steps', 'eval_every_steps',
                 'checkpoint_every_steps', 'log_every_steps'):
     value = config.get(field)
     if not isinstance(value, int) or value <= 0:

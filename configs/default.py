@@ -42,6 +42,7 @@ def get_config():
   config.mask_prob = 0.15
 
   config.per_device_batch_size = 64
+  config.global_batch_size = 0  # when set, overrides per_device_batch_size (multiple of devices)
   config.num_train_steps = 2500
   config.learning_rate = 3e-3
   config.scale_learning_rate = None  # separate peak lr for alpha/gamma; None: the same

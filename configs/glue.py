@@ -25,7 +25,10 @@ def get_config(task: str = 'cola'):
   config.tfds_data_dir = ''
   config.eval_split = 'validation'
   config.max_train_examples = 0  # 0: the whole training split
-  config.length_bucketing = True
+  config.length_bucketing = True  # False: every batch padded to max_seq_length
+  # How many batches are sorted by length together: more, less padding; 1: random batches,
+  # each padded only to its longest row.
+  config.bucket_pool = 50
   config.max_seq_length = 128
   config.dtype = 'float32'
   config.dropout_rate = 0.1

@@ -112,13 +112,27 @@ def test_bad_config_values_are_one_line_errors(tmp_path, capsys):
       (dict(learning_rate=-1.0), 'learning_rate must be positive'),
       (dict(num_train_steps=0), 'num_train_steps must be a positive integer'),
       (dict(dropout_rate=1.5), 'dropout_rate'),
+      (dict(global_batch_size=12), 'global_batch_size 12 does not split over 8 devices'),
+      (dict(binarize=dict(embeddings='per_word')), "unknown variant 'per_word'"),
   ]:
     with pytest.raises(SystemExit) as e:
       runner.train(tiny_config(**changes), str(tmp_path / 'bad'))
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
-  config = tiny_config()
-  config.binarize.embeddings = 'per_word'
-  with pytest.raises(UserError, match="unknown variant 'per_word'"):
-    pretraining.build_task(config, str(tmp_path / 'bad2'))
+
+
+def test_resuming_a_workdir_of_another_model_size_is_refused(tmp_path, capsys):
+  workdir = str(tmp_path / 'run')
+  runner.train(tiny_config(num_train_steps=3), workdir)
+  saved_config = open(os.path.join(workdir, 'model_config.json')).read()
+  capsys.readouterr()
+  with pytest.raises(SystemExit) as e:
+    runner.train(tiny_config(model='mini', num_train_steps=6), workdir)
+  assert e.value.code == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and 'holds checkpoints of another model' in err[0], err
+  assert 'hidden_size 32 (saved) vs 128' in err[0], err
+  # Nothing already saved was touched.
+  assert open(os.path.join(workdir, 'model_config.json')).read() == saved_config
+  assert os.listdir(os.path.join(workdir, 'checkpoints')) == ['3']
