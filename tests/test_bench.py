@@ -7,12 +7,18 @@ from bitmaps_jax import bench, models
 from bitmaps_jax.binarize import BinarizeConfig
 
 
-def test_quick_benchmark_runs(capsys):
-  bench.main(['--quick'])
+def test_quick_benchmark_runs(capsys, tmp_path):
+  train = tmp_path / 'train.tsv'
+  train.write_text('sentence\tlabel\n' + ''.join(
+      f'{"a fine film " * (i % 7 + 1)}\t{i % 2}\n' for i in range(40)))
+  bench.main(['--quick', f'--sst2_train={train}', '--sst2_examples=20'])
   out = capsys.readouterr().out
   for heading in ('train step', 'inference', 'bucketing'):
     assert heading in out
-  assert 'ours packed binary layers' in out and 'pytorch float32' in out
+  for row in ('ours packed binary layers', 'ours packed layers+emb', 'pytorch float32',
+              'SST-2 train (WordPiece tokens): 20 examples',
+              'projected to the whole epoch of 40 examples'):
+    assert row in out, row
 
 
 def test_packed_forward_equals_binarized_model():
