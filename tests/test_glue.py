@@ -91,6 +91,16 @@ def test_length_bucketing_pads_to_short_buckets():
   # Every example appears exactly once per epoch, and padding is masked out.
   seen = sorted(int(m.sum()) for s in range(16) for m in bucketed.batch(s)['attention_mask'])
   assert seen == sorted(len(t) for t in ids)
+  # pool=1: batches of random lengths, each padded only to its own longest row (rounded to 16).
+  unsorted = glue_data.TrainBatches(ids, labels, 16, 128, seed=0, bucketing=True, pool=1)
+  for s in range(16):
+    b = unsorted.batch(s)
+    longest = int(b['attention_mask'].sum(1).max())
+    assert b['input_ids'].shape[1] == glue_data.bucket_length(longest, 128)
+  spread = [np.ptp(unsorted.batch(s)['attention_mask'].sum(1)) for s in range(16)]
+  assert np.mean(spread) > 30  # lengths 3-59 mixed in each batch, not sorted together
+  with pytest.raises(UserError, match='bucket_pool must be at least 1'):
+    glue_data.TrainBatches(ids, labels, 16, 128, seed=0, pool=0)
 
 
 def test_distillation_loss_is_zero_when_student_equals_teacher():
