@@ -45,11 +45,11 @@ def _batch(config, batch, seq, seed=0):
   return jnp.asarray(ids), jnp.asarray(rng.integers(0, config.vocab_size, (batch, seq)))
 
 
-def jax_train_step_seconds(config, batch, seq, repeats):
+def jax_train_step(config, batch, seq):
+  """(jitted MLM train step on a fixed random batch, params, optimizer state)."""
   model = models.build_model(config)
   params = models.init_params(config, jax.random.PRNGKey(0), seq)
   tx = optax.adamw(1e-4)
-  opt = tx.init(params)
   ids, labels = _batch(config, batch, seq)
 
   @jax.jit
@@ -61,13 +61,24 @@ def jax_train_step_seconds(config, batch, seq, repeats):
     updates, opt = tx.update(grads, opt, params)
     return optax.apply_updates(params, updates), opt, loss
 
+  return step, params, tx.init(params)
+
+
+def jax_train_step_seconds(config, batch, seq, repeats):
+  """(median seconds per step, XLA's cost estimate of the compiled step: flops, bytes accessed)."""
+  step, params, opt = jax_train_step(config, batch, seq)
+  compiled = step.lower(params, opt).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  cost = {'flops': float(cost.get('flops', float('nan'))),
+          'bytes': float(cost.get('bytes accessed', float('nan')))}
   state = [params, opt]
 
   def run():
-    state[0], state[1], loss = step(*state)
+    state[0], state[1], loss = compiled(*state)
     loss.block_until_ready()
 
-  return median_seconds(run, repeats)
+  return median_seconds(run, repeats), cost
 
 
 def torch_train_step_seconds(config, batch, seq, repeats):
@@ -184,7 +195,8 @@ def bucketing_epoch_seconds(size, lengths, batch, max_len, repeats):
   for bucketing in (False, True):
     batches = glue_data.TrainBatches(ids, labels, batch, max_len, 0, bucketing=bucketing)
     all_batches = [batches.batch(s) for s in range(batches.steps_per_epoch)]
-    for b in all_batches:  # compile every shape before timing
+    shapes = {b['input_ids'].shape: b for b in all_batches}
+    for b in shapes.values():  # compile every shape before timing
       params, opt = step(params, opt, b)
 
     def epoch():
@@ -237,10 +249,12 @@ def main(argv=None):
 
   print('\n== train step (forward, backward, AdamW), tokens/s')
   for size in sizes:
-    results = []
+    results, costs = [], []
     for name, cfg in VARIANTS:
       config = models.model_config(size, architecture='BertForMaskedLM', binarize=cfg)
-      results.append((name, jax_train_step_seconds(config, batch, seq, repeats)))
+      secs, cost = jax_train_step_seconds(config, batch, seq, repeats)
+      results.append((name, secs))
+      costs.append((name, cost))
     try:
       config = models.model_config(size)
       results.append(('pytorch float32', torch_train_step_seconds(config, batch, seq, repeats)))
@@ -250,6 +264,11 @@ def main(argv=None):
     for name, secs in results:
       print(f'{size:<16} {name:<24} {batch * seq / secs:10.0f} tok/s   '
             f'time ratio to ours float32 {secs / fp:5.2f}')
+    # What bounds the binary step: XLA's count of flops and of bytes moved, relative to float32.
+    fp_cost = costs[0][1]
+    for name, cost in costs[1:]:
+      print(f'{size:<16} {name:<24} XLA estimate: flops x{cost["flops"] / fp_cost["flops"]:.3f}, '
+            f'bytes accessed x{cost["bytes"] / fp_cost["bytes"]:.3f} of ours float32')
 
   print('\n== inference (forward), latency and memory')
   for size in sizes:

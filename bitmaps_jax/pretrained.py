@@ -56,10 +56,10 @@ def load_initial_model(config, architecture: str, vocab_size: int = 0, num_label
   path = config.get('init_checkpoint') or ''
   rng = jax.random.PRNGKey(config.seed)
   if not path:
-    model_cfg = models.model_config(
-        config.model, architecture=architecture, vocab_size=vocab_size, num_labels=num_labels,
-        max_position_embeddings=max(config.max_seq_length,
-                                    models.MODEL_SIZES[config.model].max_position_embeddings),
+    base = models.model_config(config.model)
+    model_cfg = base.replace(
+        architecture=architecture, vocab_size=vocab_size, num_labels=num_labels,
+        max_position_embeddings=max(config.max_seq_length, base.max_position_embeddings),
         **overrides)
     return model_cfg, models.init_params(model_cfg, rng)
   if not os.path.exists(path):

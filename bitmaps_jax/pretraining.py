@@ -41,6 +41,8 @@ def load_documents(data_cfg, seed: int):
 def build_task(config, workdir: str):
   """(Task, BertConfig) for MLM pretraining with `config`; writes the run's files."""
   is_main = jax.process_index() == 0
+  if not 0 < config.mask_prob < 1:
+    raise UserError(f'mask_prob must be in (0, 1), got {config.mask_prob}')
   train_docs, valid_docs = load_documents(config.data, config.seed)
   vocab_source = pretrained.tokenizer_source(config)
   if vocab_source is None:

@@ -38,7 +38,7 @@ class Task:
 
 def validate_loop_config(config):
   for field in ('num_train_steps', 'eval_every_steps',
-                'checkpoint_every_steps', 'log_every_steps'):
+                'checkpoint_every_steps', 'log_every_steps', 'keep_checkpoints'):
     value = config.get(field)
     if not isinstance(value, int) or value <= 0:
       raise UserError(f'config.{field} must be a positive integer, got {value!r}')

@@ -114,6 +114,10 @@ def test_bad_config_values_are_one_line_errors(tmp_path, capsys):
       (dict(dropout_rate=1.5), 'dropout_rate'),
       (dict(global_batch_size=12), 'global_batch_size 12 does not split over 8 devices'),
       (dict(binarize=dict(embeddings='per_word')), "unknown variant 'per_word'"),
+      (dict(binarize=dict(granularity='per_row')), "unknown value 'per_row'"),
+      (dict(mask_prob=1.5), 'mask_prob must be in (0, 1)'),
+      (dict(keep_checkpoints=0), 'keep_checkpoints must be a positive integer'),
+      (dict(model='huge'), "unknown model size 'huge'"),
   ]:
     with pytest.raises(SystemExit) as e:
       runner.train(tiny_config(**changes), str(tmp_path / 'bad'))
