@@ -1,6 +1,7 @@
 """Side-by-side benchmarks: train-step throughput, packed-weight inference, bucketing.
 
     python -m bitmaps_jax.bench [--quick] [--sizes minilm-l6-h384,bert-base] [--batch 8]
+        [--sections train,cost,inference,bucketing]
         [--sst2_train GLUE/SST-2/train.tsv [--sst2_examples 4096]]
 
 Every figure is a median over repeats after warm-up, measured in one run on one machine;
@@ -21,7 +22,7 @@ from flax import traverse_util
 
 from bitmaps_jax import binarize, export, glue_data, models
 from bitmaps_jax.binarize import BinarizeConfig
-from bitmaps_jax.errors import exit_on_user_error
+from bitmaps_jax.errors import UserError, exit_on_user_error
 
 VARIANTS = (('ours float32', BinarizeConfig()),
             ('ours binary layers', BinarizeConfig(layers=True)),
@@ -65,20 +66,22 @@ def jax_train_step(config, batch, seq):
 
 
 def jax_train_step_seconds(config, batch, seq, repeats):
-  """(median seconds per step, XLA's cost estimate of the compiled step: flops, bytes accessed)."""
   step, params, opt = jax_train_step(config, batch, seq)
-  compiled = step.lower(params, opt).compile()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  cost = {'flops': float(cost.get('flops', float('nan'))),
-          'bytes': float(cost.get('bytes accessed', float('nan')))}
   state = [params, opt]
 
   def run():
-    state[0], state[1], loss = compiled(*state)
+    state[0], state[1], loss = step(*state)
     loss.block_until_ready()
 
-  return median_seconds(run, repeats), cost
+  return median_seconds(run, repeats)
+
+
+def xla_cost(compiled) -> dict:
+  """XLA's own estimate for a compiled function: flops and bytes moved to and from memory."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return {'flops': float(cost.get('flops', float('nan'))),
+          'bytes': float(cost.get('bytes accessed', float('nan')))}
 
 
 def torch_train_step_seconds(config, batch, seq, repeats):
@@ -230,31 +233,16 @@ def sst2_lengths(path: str, sample: int, max_len: int):
   return lengths, len(ex.sentences), f'SST-2 train ({how} tokens)'
 
 
-@exit_on_user_error
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--quick', action='store_true', help='tiny shapes, for CI')
-  parser.add_argument('--sizes', default='minilm-l6-h384,bert-base')
-  parser.add_argument('--batch', type=int, default=8)
-  parser.add_argument('--seq', type=int, default=128)
-  parser.add_argument('--repeats', type=int, default=3)
-  parser.add_argument('--sst2_train', default='', help='SST-2 train.tsv for the bucketing run')
-  parser.add_argument('--sst2_examples', type=int, default=4096,
-                      help='sentences sampled from --sst2_train (0: all of them)')
-  args = parser.parse_args(argv)
-  sizes = ['tiny'] if args.quick else args.sizes.split(',')
-  batch, seq, repeats = (2, 16, 1) if args.quick else (args.batch, args.seq, args.repeats)
-  print(f'jax {jax.__version__} on {jax.devices()[0].platform}, {jax.device_count()} device(s);'
-        f' batch {batch} x {seq} tokens; medians of {repeats} after warm-up')
+SECTIONS = ('train', 'cost', 'inference', 'bucketing')
 
+
+def train_section(sizes, batch, seq, repeats):
   print('\n== train step (forward, backward, AdamW), tokens/s')
   for size in sizes:
-    results, costs = [], []
+    results = []
     for name, cfg in VARIANTS:
       config = models.model_config(size, architecture='BertForMaskedLM', binarize=cfg)
-      secs, cost = jax_train_step_seconds(config, batch, seq, repeats)
-      results.append((name, secs))
-      costs.append((name, cost))
+      results.append((name, jax_train_step_seconds(config, batch, seq, repeats)))
     try:
       config = models.model_config(size)
       results.append(('pytorch float32', torch_train_step_seconds(config, batch, seq, repeats)))
@@ -264,12 +252,24 @@ def main(argv=None):
     for name, secs in results:
       print(f'{size:<16} {name:<24} {batch * seq / secs:10.0f} tok/s   '
             f'time ratio to ours float32 {secs / fp:5.2f}')
-    # What bounds the binary step: XLA's count of flops and of bytes moved, relative to float32.
-    fp_cost = costs[0][1]
-    for name, cost in costs[1:]:
-      print(f'{size:<16} {name:<24} XLA estimate: flops x{cost["flops"] / fp_cost["flops"]:.3f}, '
-            f'bytes accessed x{cost["bytes"] / fp_cost["bytes"]:.3f} of ours float32')
 
+
+def cost_section(sizes, batch, seq):
+  """What bounds the binary train step: XLA's count of flops and bytes moved (compiled, not run)."""
+  print('\n== train step, XLA cost estimate relative to ours float32')
+  for size in sizes:
+    costs = []
+    for name, cfg in VARIANTS:
+      config = models.model_config(size, architecture='BertForMaskedLM', binarize=cfg)
+      step, params, opt = jax_train_step(config, batch, seq)
+      costs.append((name, xla_cost(step.lower(params, opt).compile())))
+    fp = costs[0][1]
+    for name, cost in costs:
+      print(f'{size:<16} {name:<24} {cost["flops"] / 1e9:8.1f} GFLOP (x{cost["flops"] / fp["flops"]:.3f})'
+            f'  {cost["bytes"] / 2**30:6.2f} GiB accessed (x{cost["bytes"] / fp["bytes"]:.3f})')
+
+
+def inference_section(sizes, batch, seq, repeats):
   print('\n== inference (forward), latency and memory')
   for size in sizes:
     rows = inference_rows(size, batch, seq, repeats)
@@ -279,21 +279,55 @@ def main(argv=None):
             f'{wbytes / 2**20:8.1f} MiB ({fp_bytes / wbytes:4.1f}x less)  peak '
             f'{peak / 2**20:8.1f} MiB')
 
+
+def bucketing_section(size, quick, sst2_train, sst2_examples):
   print('\n== one fine-tuning epoch, with and without length bucketing')
-  max_len = 32 if args.quick else 128
-  if args.sst2_train:
-    lengths, total, source = sst2_lengths(args.sst2_train, args.sst2_examples, max_len)
+  max_len = 32 if quick else 128
+  if sst2_train:
+    lengths, total, source = sst2_lengths(sst2_train, sst2_examples, max_len)
   else:
-    lengths = list(np.random.default_rng(0).integers(4, 60, 256 if args.quick else 4096))
+    lengths = list(np.random.default_rng(0).integers(4, 60, 256 if quick else 4096))
     total, source = len(lengths), 'synthetic lengths 4-60'
-  size = sizes[0]
-  secs = bucketing_epoch_seconds(size, lengths, 4 if args.quick else 32, max_len, 1)
+  secs = bucketing_epoch_seconds(size, lengths, 4 if quick else 32, max_len, 1)
   print(f'{size:<16} {source}: {len(lengths)} examples padded to max_seq_length {max_len} '
         f'{secs[False]:.1f} s, bucketed {secs[True]:.1f} s ({secs[False] / secs[True]:.2f}x)')
   if total != len(lengths):
     scale = total / len(lengths)
     print(f'{size:<16} projected to the whole epoch of {total} examples: '
           f'{secs[False] * scale / 60:.1f} min vs {secs[True] * scale / 60:.1f} min')
+
+
+@exit_on_user_error
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--quick', action='store_true', help='tiny shapes, for CI')
+  parser.add_argument('--sections', default=','.join(SECTIONS),
+                      help=f'comma-separated subset of {",".join(SECTIONS)}')
+  parser.add_argument('--sizes', default='minilm-l6-h384,bert-base')
+  parser.add_argument('--batch', type=int, default=8)
+  parser.add_argument('--seq', type=int, default=128)
+  parser.add_argument('--repeats', type=int, default=3)
+  parser.add_argument('--sst2_train', default='', help='SST-2 train.tsv for the bucketing run')
+  parser.add_argument('--sst2_examples', type=int, default=4096,
+                      help='sentences sampled from --sst2_train (0: all of them)')
+  args = parser.parse_args(argv)
+  sections = args.sections.split(',')
+  unknown = set(sections) - set(SECTIONS)
+  if unknown:
+    raise UserError(f'--sections: unknown {", ".join(sorted(unknown))}; expected a subset of '
+                    f'{",".join(SECTIONS)}')
+  sizes = ['tiny'] if args.quick else args.sizes.split(',')
+  batch, seq, repeats = (2, 16, 1) if args.quick else (args.batch, args.seq, args.repeats)
+  print(f'jax {jax.__version__} on {jax.devices()[0].platform}, {jax.device_count()} device(s);'
+        f' batch {batch} x {seq} tokens; medians of {repeats} after warm-up')
+  if 'train' in sections:
+    train_section(sizes, batch, seq, repeats)
+  if 'cost' in sections:
+    cost_section(sizes, batch, seq)
+  if 'inference' in sections:
+    inference_section(sizes, batch, seq, repeats)
+  if 'bucketing' in sections:
+    bucketing_section(sizes[0], args.quick, args.sst2_train, args.sst2_examples)
 
 
 if __name__ == '__main__':
