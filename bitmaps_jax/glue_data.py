@@ -165,7 +165,7 @@ class TrainBatches:
   """
 
   def __init__(self, token_ids, labels, global_batch_size: int, max_seq_length: int, seed: int,
-               bucketing: bool = True, pool: int = 50, process_index: int = 0,
+               bucketing: bool = True, pool: int = 1, process_index: int = 0,
                process_count: int = 1):
     if len(token_ids) < global_batch_size:
       raise UserError(f'{len(token_ids)} training examples, fewer than one global batch '
