@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bitmaps_jax import (checkpoints, convert, distill, glue_data, glue_eval, mlm_data, models,
-                         parallel, pretrained, trainer)
+from bitmaps_jax import (augment, checkpoints, convert, distill, glue_data, glue_eval,
+                         mlm_data, models, parallel, pretrained, trainer)
 from bitmaps_jax.binarize import BinarizeConfig
 from bitmaps_jax.errors import UserError
 
@@ -34,6 +34,23 @@ def _subset(examples: glue_data.Examples, n: int, seed: int) -> glue_data.Exampl
   keep = np.sort(np.random.default_rng(seed).permutation(len(examples.sentences))[:n])
   return glue_data.Examples([examples.sentences[i] for i in keep], examples.labels[keep],
                             examples.idx[keep])
+
+
+def _with_perturbed_copies(train: glue_data.Examples, config, teacher_path: str):
+  """(examples, labeled) with `config.augment.copies` perturbed copies of every training
+  sentence appended; labeled is None when there are none."""
+  aug = config.get('augment')
+  if not aug or not aug.copies:
+    return train, None
+  if not teacher_path:
+    raise UserError('config.augment.copies needs a teacher_checkpoint: perturbed copies have '
+                    'no gold label and are learned from the teacher only')
+  extra = augment.perturbed_copies(train.sentences, aug.copies, aug.max_edits, config.seed)
+  n = len(train.sentences)
+  train = glue_data.Examples(train.sentences + extra,
+                             np.concatenate([train.labels, np.zeros(len(extra), np.int32)]),
+                             np.concatenate([train.idx, np.full(len(extra), -1, np.int32)]))
+  return train, np.arange(len(train.sentences)) < n
 
 
 def derive_schedule(config, steps_per_epoch: int):
@@ -72,6 +89,7 @@ def build_task(config, workdir: str):
                   config.seed)
   valid = glue_data.load_split(task_def, config.eval_split, config.data_dir,
                                config.tfds_data_dir)
+  train, labeled = _with_perturbed_copies(train, config, teacher_path)
   train_ids = glue_data.tokenize(train, tokenizer, config.max_seq_length)
   valid_ids = glue_data.tokenize(valid, tokenizer, config.max_seq_length)
   global_batch = parallel.global_batch_size(config)
@@ -79,7 +97,7 @@ def build_task(config, workdir: str):
                                    config.seed, bucketing=config.length_bucketing,
                                    pool=config.bucket_pool,
                                    process_index=jax.process_index(),
-                                   process_count=jax.process_count())
+                                   process_count=jax.process_count(), labeled=labeled)
   derive_schedule(config, batches.steps_per_epoch)
 
   model = models.build_model(model_cfg)
@@ -96,11 +114,14 @@ def build_task(config, workdir: str):
     ids, mask, types = batch['input_ids'], batch['attention_mask'], batch['token_type_ids']
     logits, out = model.apply({'params': params}, ids, mask, types, deterministic=not train,
                               output_hidden_states=True, rngs={'dropout': rng} if train else {})
-    w = batch['weights']
+    # w: rows that count; lw: rows with a gold label (perturbed copies have none).
+    w, lw = batch['weights'], batch['label_weights']
     ce = distill.cross_entropy(logits, batch['labels'])
-    result = {'accuracy': jnp.sum((jnp.argmax(logits, -1) == batch['labels']) * w),
-              'ce': jnp.sum(ce * w), 'count': jnp.sum(w)}
-    loss = ce * d.ce_weight if teacher_model is not None else ce
+    result = {'accuracy': jnp.sum((jnp.argmax(logits, -1) == batch['labels']) * lw),
+              'ce': jnp.sum(ce * lw), 'count': jnp.sum(w)}
+    if labeled is not None:  # accuracy and ce / labeled: their means over gold-labelled rows
+      result['labeled'] = jnp.sum(lw)
+    loss = ce * lw * (d.ce_weight if teacher_model is not None else 1.0)
     if teacher_model is not None:
       t_logits, t_out = teacher_model.apply({'params': frozen}, ids, mask, types,
                                             deterministic=True, output_hidden_states=True)

@@ -141,20 +141,28 @@ def bucket_length(n: int, max_seq_length: int, multiple: int = 16) -> int:
   return min(max_seq_length, -(-n // multiple) * multiple)
 
 
-def make_batch(token_ids, labels, rows, length: int, size: int) -> dict:
-  """Pads `rows` to (size, length); padding rows get weight 0."""
+def make_batch(token_ids, labels, rows, length: int, size: int, labeled=None) -> dict:
+  """Pads `rows` to (size, length); padding rows get weight 0.
+
+  `weights` marks the rows that count; `label_weights` those that also have a gold label
+  (`labeled[r]`, default: every row with a label >= 0), so unlabeled rows can still be
+  distilled from a teacher."""
   ids = np.zeros((size, length), np.int32)
   mask = np.zeros((size, length), np.int32)
   out_labels = np.zeros((size,), np.int32)
   weights = np.zeros((size,), np.float32)
+  label_weights = np.zeros((size,), np.float32)
   for j, r in enumerate(rows):
     t = token_ids[r]
     ids[j, :len(t)] = t
     mask[j, :len(t)] = 1
     out_labels[j] = max(labels[r], 0)
-    weights[j] = 1.0 if labels[r] >= 0 else 0.0
+    if labeled is None:
+      weights[j] = label_weights[j] = 1.0 if labels[r] >= 0 else 0.0
+    else:
+      weights[j], label_weights[j] = 1.0, float(labeled[r])
   return {'input_ids': ids, 'attention_mask': mask, 'token_type_ids': np.zeros_like(ids),
-          'labels': out_labels, 'weights': weights}
+          'labels': out_labels, 'weights': weights, 'label_weights': label_weights}
 
 
 class TrainBatches:
@@ -162,17 +170,18 @@ class TrainBatches:
 
   Each epoch: permute with (seed, epoch), sort chunks of `pool` batches by length, cut into
   batches, shuffle the batch order. With bucketing off, every batch is max_seq_length long.
+  `labeled` (optional, one bool per example) marks the examples with a gold label.
   """
 
   def __init__(self, token_ids, labels, global_batch_size: int, max_seq_length: int, seed: int,
                bucketing: bool = True, pool: int = 1, process_index: int = 0,
-               process_count: int = 1):
+               process_count: int = 1, labeled=None):
     if len(token_ids) < global_batch_size:
       raise UserError(f'{len(token_ids)} training examples, fewer than one global batch '
                       f'of {global_batch_size}')
     if pool < 1:
       raise UserError(f'config.bucket_pool must be at least 1, got {pool}')
-    self.token_ids, self.labels = token_ids, labels
+    self.token_ids, self.labels, self.labeled = token_ids, labels, labeled
     self.lengths = np.asarray([len(t) for t in token_ids])
     self.global_batch_size, self.max_seq_length = global_batch_size, max_seq_length
     self.seed, self.bucketing, self.pool = seed, bucketing, pool
@@ -199,7 +208,7 @@ class TrainBatches:
     length = (bucket_length(int(self.lengths[rows].max()), self.max_seq_length)
               if self.bucketing else self.max_seq_length)
     mine = rows[self.offset:self.offset + self.local]
-    return make_batch(self.token_ids, self.labels, mine, length, self.local)
+    return make_batch(self.token_ids, self.labels, mine, length, self.local, self.labeled)
 
 
 def eval_batches(token_ids, labels, global_batch_size: int, max_seq_length: int,

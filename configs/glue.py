@@ -45,6 +45,12 @@ def get_config(task: str = 'cola'):
   config.distill.hidden_weight = 1.0
   config.distill.temperature = 2.0
 
+  # Perturbed copies of the training sentences, learned from the teacher's outputs only
+  # (needs teacher_checkpoint); num_epochs then counts passes over originals + copies.
+  config.augment = ml_collections.ConfigDict()
+  config.augment.copies = 0
+  config.augment.max_edits = 2
+
   config.per_device_batch_size = 32
   config.num_epochs = 3.0
   config.num_train_steps = 0  # 0: num_epochs over the training split

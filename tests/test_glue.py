@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from bitmaps_jax import distill, finetuning, glue_data, mlm_data, models, runner
+from bitmaps_jax import augment, distill, finetuning, glue_data, mlm_data, models, runner
 from bitmaps_jax.errors import UserError
 
 COLA = glue_data.TASKS['cola']
@@ -166,3 +166,49 @@ def test_finetune_distill_and_eval_cli(tmp_path):
   assert out.returncode == 2
   assert out.stderr.strip().splitlines() == [
       'error: /nonexistent/CoLA/dev.tsv: validation split file not found']
+
+
+def test_perturbed_copies_are_seeded_edits_of_corpus_words():
+  sents = ['the cat sees a ball', 'dog runs', 'big']
+  copies = augment.perturbed_copies(sents, 3, 2, seed=0)
+  assert copies == augment.perturbed_copies(sents, 3, 2, seed=0)
+  assert copies != augment.perturbed_copies(sents, 3, 2, seed=1)
+  assert len(copies) == 9
+  vocab = {w for s in sents for w in s.split()}
+  for original, copy in zip(sents * 3, copies):
+    words = copy.split()
+    assert words and set(words) <= vocab
+    assert abs(len(words) - len(original.split())) <= 2  # at most two edits
+  assert sum(c != s for c, s in zip(copies, sents * 3)) >= 6
+  with pytest.raises(UserError, match='augment.copies must be >= 0'):
+    augment.perturbed_copies(sents, -1, 2, seed=0)
+
+
+def test_perturbed_copies_are_distilled_but_not_in_the_task_loss(tmp_path):
+  teacher_dir = str(tmp_path / 'teacher')
+  runner.train(_tiny_glue_config(tmp_path, binarize={'layers': False}, num_epochs=1.0),
+               teacher_dir)
+  # No teacher: copies have no label to learn from.
+  with pytest.raises(UserError, match='augment.copies needs a teacher_checkpoint'):
+    finetuning.build_task(_tiny_glue_config(tmp_path, augment={'copies': 1}),
+                          str(tmp_path / 'nokd'))
+  cfg = _tiny_glue_config(tmp_path, teacher_checkpoint=teacher_dir, tokenizer='',
+                          augment={'copies': 2, 'max_edits': 1})
+  cfg.distill.update(ce_weight=1.0, kd_weight=0.0, hidden_weight=0.0)
+  task, _ = finetuning.build_task(cfg, str(tmp_path / 'student'))
+  per_epoch = 3 * 48 // task.items_per_step  # originals + 2 copies, in global batches
+  assert cfg.num_train_steps == 2 * per_epoch
+  labeled = sum(float(task.train_batch(s)['label_weights'].sum()) for s in range(per_epoch))
+  assert labeled == 48  # each original once per pass, each copy without a gold label
+  batch = task.train_batch(0)
+  rng = jax.random.PRNGKey(0)
+  with_labels = task.sums(task.params, dict(batch, label_weights=np.ones_like(batch['weights'])), rng,
+                          False, task.frozen)
+  without = task.sums(task.params, dict(batch, label_weights=np.zeros_like(batch['weights'])), rng,
+                      False, task.frozen)
+  assert float(with_labels['loss']) > 0 and float(without['loss']) == 0.0
+  cfg.distill.kd_weight = 1.0
+  task, _ = finetuning.build_task(cfg, str(tmp_path / 'student'))
+  kd_only = task.sums(task.params, dict(batch, label_weights=np.zeros_like(batch['weights'])), rng,
+                      False, task.frozen)
+  assert float(kd_only['loss']) == pytest.approx(float(kd_only['kd'])) and kd_only['kd'] > 0
