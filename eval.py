@@ -13,8 +13,7 @@ import sys
 from absl import app
 from absl import flags
 import ml_collections
-from ml_collections import config_flags
-
+from bitmaps_jax import cli
 from bitmaps_jax.errors import UserError
 
 
@@ -36,8 +35,8 @@ def _run_config_from_argv(argv):
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Run directory written by train.py.', required=True)
 flags.DEFINE_string('split', 'validation', 'validation (dev), test or train.')
-config_flags.DEFINE_config_dict('config', _run_config_from_argv(sys.argv),
-                                'The run\'s config; override fields with --config.x=y.')
+cli.define_config_dict('config', _run_config_from_argv(sys.argv),
+                       'The run\'s config; override fields with --config.x=y.')
 
 
 def main(argv):

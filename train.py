@@ -5,13 +5,11 @@
 
 from absl import app
 from absl import flags
-from ml_collections import config_flags
-
+from bitmaps_jax import cli
 from bitmaps_jax import runner
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', 'configs/default.py', 'Training configuration.',
-                                lock_config=True)
+cli.define_config_file('config', 'configs/default.py', 'Training configuration.')
 flags.DEFINE_string('workdir', 'runs/default', 'Directory for checkpoints, logs and plots.')
 flags.DEFINE_bool('distributed', False,
                   'Call jax.distributed.initialize() (multi-host; on Cloud TPU it needs no '
@@ -27,7 +25,7 @@ def main(argv):
   if FLAGS.distributed or FLAGS.coordinator_address:
     runner.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                   FLAGS.process_id)
-  runner.train(FLAGS.config, FLAGS.workdir)
+  runner.train(cli.read_config('config'), FLAGS.workdir)
 
 
 if __name__ == '__main__':

@@ -105,9 +105,11 @@ def build_task(config, workdir: str):
   d = config.distill
   if teacher_path:
     teacher_cfg, teacher_params = load_teacher(teacher_path)
-    if teacher_cfg.num_hidden_layers != model_cfg.num_hidden_layers:
-      raise UserError(f'{teacher_path}: teacher has {teacher_cfg.num_hidden_layers} layers, '
-                      f'student {model_cfg.num_hidden_layers}')
+    # The teacher reads the student's token ids and is matched layer by layer.
+    for field in ('num_hidden_layers', 'hidden_size', 'vocab_size'):
+      if getattr(teacher_cfg, field) != getattr(model_cfg, field):
+        raise UserError(f'{teacher_path}: teacher has {field} {getattr(teacher_cfg, field)}, '
+                        f'the student {getattr(model_cfg, field)}')
     teacher_model = models.build_model(teacher_cfg)
 
   def sums(params, batch, rng, train, frozen=None):

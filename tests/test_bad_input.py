@@ -1,12 +1,16 @@
 """Bad input through the command-line entry points: one line naming what is wrong, exit code 2."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 
 from bitmaps_jax import export, runner
 from test_glue import _tiny_glue_config
 from test_train import tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _one_line_error(capsys, call):
@@ -41,6 +45,14 @@ def test_bad_glue_inputs(tmp_path, capsys):
   (hf / 'config.json').write_text('{"model_type": "bert", "hidden_size": ')
   err = _one_line_error(capsys, train(init_checkpoint=str(hf)))
   assert 'config.json' in err, err
+  # A teacher of another size than the student it should be matched with, layer by layer.
+  runner.train(_tiny_glue_config(tmp_path, num_epochs=1.0, binarize={'layers': False}),
+               str(tmp_path / 'teacher'))
+  runner.train(_tiny_glue_config(tmp_path, num_epochs=1.0, model='mini'),
+               str(tmp_path / 'mini'))
+  err = _one_line_error(capsys, train(teacher_checkpoint=str(tmp_path / 'teacher'),
+                                      init_checkpoint=str(tmp_path / 'mini'), tokenizer=''))
+  assert 'teacher has num_hidden_layers 2, the student 4' in err, err
   # Nothing was created for the failed runs.
   assert not os.path.exists(tmp_path / 'run' / 'checkpoints')
 
@@ -63,3 +75,25 @@ def test_bad_pretraining_inputs(tmp_path, capsys):
 def test_bad_export_inputs(tmp_path, capsys):
   err = _one_line_error(capsys, lambda: export.main([str(tmp_path), str(tmp_path / 'm.bin')]))
   assert str(tmp_path) in err, err
+
+
+@pytest.mark.parametrize('args, message', [
+    (['train.py', '--config', 'configs/nope.py'],
+     "--config: cannot load the config file ([Errno 2] No such file or directory: "
+     "'configs/nope.py')"),
+    (['train.py', '--config.learning_rat=0.1'],
+     "--config.learning_rat=0.1: unknown config field 'learning_rat'"),
+    (['eval.py', '--workdir', 'nowhere', '--config.data_dirr=x'],
+     "--config.data_dirr=x: unknown config field 'data_dirr'"),
+])
+def test_config_flag_mistakes_are_one_line(tmp_path, args, message):
+  if args[0] == 'train.py':
+    args = args + ['--workdir', str(tmp_path / 'run')]
+  if args[0] == 'eval.py':  # a real run directory, so the overrides apply to its config
+    runner.train(_tiny_glue_config(tmp_path, num_epochs=1.0), str(tmp_path / 'run'))
+    args[2] = str(tmp_path / 'run')
+  out = subprocess.run([sys.executable] + args, cwd=REPO, capture_output=True, text=True)
+  assert out.returncode == 2, out.stderr
+  err = out.stderr.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith('error: ' + message), err
+  assert not os.path.exists(tmp_path / 'run' / 'metrics.jsonl') or args[0] == 'eval.py'

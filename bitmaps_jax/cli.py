@@ -1,0 +1,50 @@
+"""Command-line plumbing shared by train.py and eval.py: `--config` mistakes end in one line.
+
+ml_collections applies `--config.field=value` overrides while the flag is being defined and
+loads the config file when it is first read; both raise tracebacks for the two commonest
+mistakes (a misspelt field, a wrong path), which these wrappers turn into `error: ...`, exit 2.
+"""
+
+import sys
+
+from absl import flags
+from ml_collections import config_flags
+
+
+def fail(message: str):
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def _first_line(e: Exception) -> str:
+  text = str(e).strip().strip('"\'').replace('\\n', '\n').replace("\\'", "'")
+  return ' '.join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _overrides(argv) -> str:
+  return ' '.join(a for a in argv if a.startswith('--config.')) or '--config'
+
+
+def define_config_file(name: str, default: str, help_string: str):
+  try:
+    config_flags.DEFINE_config_file(name, default, help_string, lock_config=True)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    fail(f'{_overrides(sys.argv)}: unknown config field {_first_line(e)}')
+
+
+def define_config_dict(name: str, config, help_string: str):
+  try:
+    config_flags.DEFINE_config_dict(name, config, help_string)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    fail(f'{_overrides(sys.argv)}: unknown config field {_first_line(e)}')
+
+
+def read_config(name: str = 'config'):
+  """The flag's config, or one line naming the config file that could not be loaded."""
+  try:
+    config = getattr(flags.FLAGS, name)
+    config.keys()  # a config that failed to load raises on first use
+    return config
+  except Exception as e:  # ml_collections wraps every load failure (missing file, bad code)
+    reason = [l.strip() for l in str(e).splitlines() if l.strip().startswith('[Errno')]
+    fail(f'--{name}: cannot load the config file ({reason[0] if reason else _first_line(e)})')
