@@ -1,7 +1,7 @@
 """Side-by-side benchmarks: train-step throughput, packed-weight inference, bucketing.
 
     python -m bitmaps_jax.bench [--quick] [--sizes minilm-l6-h384,bert-base] [--batch 8]
-        [--sections train,cost,inference,bucketing]
+        [--sections train,breakdown,cost,inference,bucketing]
         [--sst2_train GLUE/SST-2/train.tsv [--sst2_examples 4096]]
 
 Every figure is a median over repeats after warm-up, measured in one run on one machine;
@@ -65,6 +65,24 @@ def jax_train_step(config, batch, seq):
   return step, params, tx.init(params)
 
 
+def jax_phase_seconds(config, batch, seq, repeats) -> dict:
+  """Medians of the jitted forward + loss, forward + backward, and the whole train step."""
+  model = models.build_model(config)
+  params = models.init_params(config, jax.random.PRNGKey(0), seq)
+  ids, labels = _batch(config, batch, seq)
+
+  def loss_fn(p):
+    logits = model.apply({'params': p}, ids).astype(jnp.float32)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+  forward = jax.jit(loss_fn)
+  grads = jax.jit(jax.grad(loss_fn))
+  return {'forward': median_seconds(lambda: forward(params).block_until_ready(), repeats),
+          'forward+backward': median_seconds(
+              lambda: jax.block_until_ready(grads(params)), repeats),
+          'step': jax_train_step_seconds(config, batch, seq, repeats)}
+
+
 def jax_train_step_seconds(config, batch, seq, repeats):
   step, params, opt = jax_train_step(config, batch, seq)
   state = [params, opt]
@@ -85,21 +103,37 @@ def xla_cost(compiled) -> dict:
 
 
 def torch_train_step_seconds(config, batch, seq, repeats):
+  return torch_phase_seconds(config, batch, seq, repeats, phases=('step',))['step']
+
+
+def torch_phase_seconds(config, batch, seq, repeats, phases=('forward', 'forward+backward',
+                                                             'step')) -> dict:
+  """transformers' BertForMaskedLM in training mode: the same phases."""
   import torch
   import transformers
-  hf = transformers.BertConfig(**{k: getattr(config, k) for k in (
-      'vocab_size', 'hidden_size', 'num_hidden_layers', 'num_attention_heads',
-      'intermediate_size', 'max_position_embeddings')})
+  # Dropout off, as in our steps here (the same work on both sides).
+  hf = transformers.BertConfig(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                               **{k: getattr(config, k) for k in (
+                                   'vocab_size', 'hidden_size', 'num_hidden_layers',
+                                   'num_attention_heads', 'intermediate_size',
+                                   'max_position_embeddings')})
   model = transformers.BertForMaskedLM(hf).train()
   opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
   ids, labels = (torch.tensor(np.asarray(a), dtype=torch.long) for a in _batch(config, batch, seq))
 
-  def run():
+  def forward():
+    return model(input_ids=ids, labels=labels).loss
+
+  def backward():
     opt.zero_grad()
-    model(input_ids=ids, labels=labels).loss.backward()
+    forward().backward()
+
+  def step():
+    backward()
     opt.step()
 
-  return median_seconds(run, repeats)
+  fns = {'forward': forward, 'forward+backward': backward, 'step': step}
+  return {name: median_seconds(fns[name], repeats) for name in phases}
 
 
 def packed_forward_fn(config, packed: dict, shapes: dict):
@@ -237,7 +271,7 @@ def sst2_lengths(path: str, sample: int, max_len: int):
   return lengths, len(ex.sentences), f'SST-2 train ({how} tokens)'
 
 
-SECTIONS = ('train', 'cost', 'inference', 'bucketing')
+SECTIONS = ('train', 'breakdown', 'cost', 'inference', 'bucketing')
 
 
 def train_section(sizes, batch, seq, repeats):
@@ -256,6 +290,31 @@ def train_section(sizes, batch, seq, repeats):
     for name, secs in results:
       print(f'{size:<16} {name:<24} {batch * seq / secs:10.0f} tok/s   '
             f'time ratio to ours float32 {secs / fp:5.2f}')
+
+
+def breakdown_section(sizes, batch, seq, repeats):
+  """Where ours and PyTorch differ in float32: forward, backward (forward+backward - forward),
+  optimizer update (step - forward+backward), each timed on its own."""
+  print('\n== float32 train step by phase: ours vs PyTorch (ms, ratio ours / PyTorch)')
+  for size in sizes:
+    config = models.model_config(size, architecture='BertForMaskedLM')
+    ours = jax_phase_seconds(config, batch, seq, repeats)
+    try:
+      theirs = torch_phase_seconds(models.model_config(size), batch, seq, repeats)
+    except ImportError:
+      theirs = None
+
+    def phases(t):
+      return {'forward': t['forward'], 'backward': t['forward+backward'] - t['forward'],
+              'optimizer': t['step'] - t['forward+backward'], 'whole step': t['step']}
+
+    ours_p = phases(ours)
+    theirs_p = phases(theirs) if theirs else {}
+    for name, secs in ours_p.items():
+      other = theirs_p.get(name)
+      tail = (f'   pytorch {other * 1e3:8.1f} ms   ratio {secs / other:5.2f}'
+              if other and other > 0 else '')
+      print(f'{size:<16} {name:<11} ours {secs * 1e3:8.1f} ms{tail}')
 
 
 def cost_section(sizes, batch, seq):
@@ -329,6 +388,8 @@ def main(argv=None):
         f' batch {batch} x {seq} tokens; medians of {repeats} after warm-up')
   if 'train' in sections:
     train_section(sizes, batch, seq, repeats)
+  if 'breakdown' in sections:
+    breakdown_section(sizes, batch, seq, repeats)
   if 'cost' in sections:
     cost_section(sizes, batch, seq)
   if 'inference' in sections:

@@ -13,9 +13,9 @@ def test_quick_benchmark_runs(capsys, tmp_path):
       f'{"a fine film " * (i % 7 + 1)}\t{i % 2}\n' for i in range(40)))
   bench.main(['--quick', f'--sst2_train={train}', '--sst2_examples=20'])
   out = capsys.readouterr().out
-  for heading in ('train step', 'XLA cost estimate', 'inference', 'bucketing'):
+  for heading in ('train step', 'by phase', 'XLA cost estimate', 'inference', 'bucketing'):
     assert heading in out
-  for row in ('ours packed binary layers', 'ours packed layers+emb', 'pytorch float32',
+  for row in ('optimizer   ours', 'ours packed binary layers', 'ours packed layers+emb', 'pytorch float32',
               'SST-2 train (WordPiece tokens): 20 examples',
               'projected to the whole epoch of 40 examples'):
     assert row in out, row
