@@ -112,10 +112,14 @@ def build_task(config, workdir: str):
                         f'the student {getattr(model_cfg, field)}')
     teacher_model = models.build_model(teacher_cfg)
 
+  attend = teacher_model is not None and d.get('attention_weight', 0.0) > 0
+
   def sums(params, batch, rng, train, frozen=None):
     ids, mask, types = batch['input_ids'], batch['attention_mask'], batch['token_type_ids']
-    logits, out = model.apply({'params': params}, ids, mask, types, deterministic=not train,
-                              output_hidden_states=True, rngs={'dropout': rng} if train else {})
+    (logits, out), inter = model.apply({'params': params}, ids, mask, types,
+                                       deterministic=not train, output_hidden_states=True,
+                                       rngs={'dropout': rng} if train else {},
+                                       mutable=['intermediates'] if attend else [])
     # w: rows that count; lw: rows with a gold label (perturbed copies have none).
     w, lw = batch['weights'], batch['label_weights']
     ce = distill.cross_entropy(logits, batch['labels'])
@@ -125,13 +129,20 @@ def build_task(config, workdir: str):
       result['labeled'] = jnp.sum(lw)
     loss = ce * lw * (d.ce_weight if teacher_model is not None else 1.0)
     if teacher_model is not None:
-      t_logits, t_out = teacher_model.apply({'params': frozen}, ids, mask, types,
-                                            deterministic=True, output_hidden_states=True)
-      t_logits, t_states = jax.lax.stop_gradient((t_logits, t_out.hidden_states))
+      (t_logits, t_out), t_inter = teacher_model.apply(
+          {'params': frozen}, ids, mask, types, deterministic=True, output_hidden_states=True,
+          mutable=['intermediates'] if attend else [])
+      t_logits, t_states, t_inter = jax.lax.stop_gradient(
+          (t_logits, t_out.hidden_states, t_inter))
       kd = distill.kl_divergence(logits, t_logits, d.temperature)
       hid = distill.hidden_mse(out.hidden_states, t_states, mask)
       loss = loss + d.kd_weight * kd + d.hidden_weight * hid
       result.update(kd=jnp.sum(kd * w), hidden_mse=jnp.sum(hid * w))
+      if attend:
+        att = distill.attention_kl(distill.attention_logits(inter['intermediates']),
+                                   distill.attention_logits(t_inter['intermediates']), mask)
+        loss = loss + d.attention_weight * att
+        result['attention_kl'] = jnp.sum(att * w)
     result['loss'] = jnp.sum(loss * w)
     return result
 

@@ -148,6 +148,8 @@ class BertSelfAttention(nn.Module):
     v = split(_dense(cfg, cfg.hidden_size, True, 'value')(x))
     scores = jnp.einsum('bqhd,bkhd->bhqk', q, k) / jnp.sqrt(head_dim).astype(q.dtype)
     scores = scores.astype(jnp.float32) + mask_bias
+    # Kept only when applied with mutable=['intermediates'] (attention distillation).
+    self.sow('intermediates', 'attention_logits', scores)
     probs = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)
     probs = nn.Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=deterministic)
     ctx = jnp.einsum('bhqk,bkhd->bqhd', probs, v)

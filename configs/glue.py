@@ -43,6 +43,7 @@ def get_config(task: str = 'cola'):
   config.distill.ce_weight = 1.0
   config.distill.kd_weight = 1.0
   config.distill.hidden_weight = 1.0
+  config.distill.attention_weight = 0.0  # KL between attention distributions, every layer
   config.distill.temperature = 2.0
 
   # Perturbed copies of the training sentences, learned from the teacher's outputs only

@@ -115,10 +115,23 @@ def test_distillation_loss_is_zero_when_student_equals_teacher():
   mse = distill.hidden_mse(out.hidden_states, out.hidden_states, mask)
   np.testing.assert_allclose(kd, 0.0, atol=1e-6)
   np.testing.assert_array_equal(mse, 0.0)
+  _, inter = model.apply({'params': params}, ids, mask, mutable=['intermediates'])
+  att = distill.attention_logits(inter['intermediates'])
+  assert len(att) == cfg.num_hidden_layers and att[0].shape == (4, 2, 12, 12)
+  att_kl = distill.attention_kl(att, att, mask)
+  assert att_kl.shape == (4,)
+  np.testing.assert_allclose(att_kl, 0.0, atol=1e-6)
   other = models.init_params(cfg, jax.random.PRNGKey(1))
   logits2, out2 = model.apply({'params': other}, ids, mask, output_hidden_states=True)
   assert (distill.kl_divergence(logits2, logits, 2.0) > 0).all()
   assert (distill.hidden_mse(out2.hidden_states, out.hidden_states, mask) > 0).all()
+  _, inter2 = model.apply({'params': other}, ids, mask, mutable=['intermediates'])
+  att2 = distill.attention_logits(inter2['intermediates'])
+  assert (distill.attention_kl(att2, att, mask) > 0).all()
+  # Padded keys carry no weight: changing the scores there changes nothing.
+  moved = [a.at[1, :, :, 6:].add(5.0) for a in att2]
+  np.testing.assert_allclose(distill.attention_kl(moved, att, mask),
+                             distill.attention_kl(att2, att, mask), rtol=1e-6)
 
 
 def _tiny_glue_config(tmp_path, **changes):
@@ -212,3 +225,9 @@ def test_perturbed_copies_are_distilled_but_not_in_the_task_loss(tmp_path):
   kd_only = task.sums(task.params, dict(batch, label_weights=np.zeros_like(batch['weights'])), rng,
                       False, task.frozen)
   assert float(kd_only['loss']) == pytest.approx(float(kd_only['kd'])) and kd_only['kd'] > 0
+  cfg.distill.update(kd_weight=0.0, attention_weight=1.0)
+  task, _ = finetuning.build_task(cfg, str(tmp_path / 'student'))
+  att_only = task.sums(task.params, dict(batch, label_weights=np.zeros_like(batch['weights'])),
+                       rng, False, task.frozen)
+  assert float(att_only['loss']) == pytest.approx(float(att_only['attention_kl']), rel=1e-5)
+  assert att_only['attention_kl'] > 0  # the binarized student attends differently
