@@ -14,7 +14,7 @@ from absl import app
 from absl import flags
 import ml_collections
 from bitmaps_jax import cli
-from bitmaps_jax.errors import UserError
+from bitmaps_jax.errors import UserError, exit_with_error
 
 
 def _run_config_from_argv(argv):
@@ -49,8 +49,7 @@ def main(argv):
       raise UserError(f'{FLAGS.workdir}: not a run directory (no train_config.json)')
     out = glue_eval.evaluate_run(FLAGS.workdir, FLAGS.config, FLAGS.split)
   except UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    exit_with_error(e)
   print(f'{out["task"]} {out["split"]}: {out["num_examples"]} examples, checkpoint step '
         f'{out["checkpoint_step"]}')
   for key in ('mcc', 'accuracy', 'loss'):

@@ -10,10 +10,7 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-
-def fail(message: str):
-  print(f'error: {message}', file=sys.stderr)
-  sys.exit(2)
+from bitmaps_jax.errors import exit_with_error
 
 
 def _first_line(e: Exception) -> str:
@@ -25,18 +22,19 @@ def _overrides(argv) -> str:
   return ' '.join(a for a in argv if a.startswith('--config.')) or '--config'
 
 
-def define_config_file(name: str, default: str, help_string: str):
+def _define(define, *args, **kwargs):
   try:
-    config_flags.DEFINE_config_file(name, default, help_string, lock_config=True)
+    define(*args, **kwargs)
   except (AttributeError, KeyError, TypeError, ValueError) as e:
-    fail(f'{_overrides(sys.argv)}: unknown config field {_first_line(e)}')
+    exit_with_error(f'{_overrides(sys.argv)}: unknown config field {_first_line(e)}')
+
+
+def define_config_file(name: str, default: str, help_string: str):
+  _define(config_flags.DEFINE_config_file, name, default, help_string, lock_config=True)
 
 
 def define_config_dict(name: str, config, help_string: str):
-  try:
-    config_flags.DEFINE_config_dict(name, config, help_string)
-  except (AttributeError, KeyError, TypeError, ValueError) as e:
-    fail(f'{_overrides(sys.argv)}: unknown config field {_first_line(e)}')
+  _define(config_flags.DEFINE_config_dict, name, config, help_string)
 
 
 def read_config(name: str = 'config'):
@@ -47,4 +45,4 @@ def read_config(name: str = 'config'):
     return config
   except Exception as e:  # ml_collections wraps every load failure (missing file, bad code)
     reason = [l.strip() for l in str(e).splitlines() if l.strip().startswith('[Errno')]
-    fail(f'--{name}: cannot load the config file ({reason[0] if reason else _first_line(e)})')
+    exit_with_error(f'--{name}: cannot load the config file ({reason[0] if reason else _first_line(e)})')

@@ -11,6 +11,12 @@ class UserError(Exception):
   """
 
 
+def exit_with_error(message) -> None:
+  """Ends the process the way every entry point reports a user's mistake: one line, status 2."""
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
 def exit_on_user_error(main):
   """Wraps a CLI main so a `UserError` ends the process with one line and exit code 2."""
 
@@ -19,7 +25,6 @@ def exit_on_user_error(main):
     try:
       return main(*args, **kwargs)
     except UserError as e:
-      print(f'error: {e}', file=sys.stderr)
-      sys.exit(2)
+      exit_with_error(e)
 
   return wrapped

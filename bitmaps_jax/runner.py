@@ -1,11 +1,9 @@
 """Entry points behind train.py: pick the task from the config, turn user errors into one line."""
 
-import sys
-
 import jax
 from absl import logging
 
-from bitmaps_jax.errors import UserError
+from bitmaps_jax.errors import UserError, exit_with_error
 
 
 def initialize_distributed(coordinator_address=None, num_processes=None, process_id=None):
@@ -27,8 +25,7 @@ def train(config, workdir: str):
       from bitmaps_jax import finetuning
       result = finetuning.run(config, workdir)
   except UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    exit_with_error(e)
   if jax.process_index() == 0:
     print('final valid ' + ' '.join(f'{k} {v:.4f}' for k, v in result.items()))
   return result
