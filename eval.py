@@ -6,8 +6,6 @@ Prints the metrics, the predicted-label distribution and the confusion matrix, a
 RUN/eval_<split>.json (and CoLA.tsv / SST-2.tsv for unlabeled test splits).
 """
 
-import json
-import os
 import sys
 
 from absl import app
@@ -15,6 +13,7 @@ from absl import flags
 import ml_collections
 from bitmaps_jax import cli
 from bitmaps_jax.errors import UserError, exit_with_error
+from bitmaps_jax.train.rundir import RunDir
 
 
 def _run_config_from_argv(argv):
@@ -25,16 +24,19 @@ def _run_config_from_argv(argv):
       workdir = arg.split('=', 1)[1]
     elif arg == '--workdir' and i + 1 < len(argv):
       workdir = argv[i + 1]
-  path = os.path.join(workdir or '', 'train_config.json')
-  if workdir and os.path.isfile(path):
-    with open(path) as f:
-      return ml_collections.ConfigDict(json.load(f))
+  if workdir:
+    try:
+      return RunDir(workdir).train_config()
+    except UserError:
+      pass  # reported by main, once the flags are parsed
   return ml_collections.ConfigDict()
 
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Run directory written by train.py.', required=True)
 flags.DEFINE_string('split', 'validation', 'validation (dev), test or train.')
+flags.DEFINE_string('packed', '', 'Evaluate this packed model file (python -m bitmaps_jax '
+                    'export) instead of the run\'s latest checkpoint.')
 cli.define_config_dict('config', _run_config_from_argv(sys.argv),
                        'The run\'s config; override fields with --config.x=y.')
 
@@ -42,16 +44,16 @@ cli.define_config_dict('config', _run_config_from_argv(sys.argv),
 def main(argv):
   del argv
   from absl import logging
-  from bitmaps_jax import glue_eval
+  from bitmaps_jax.tasks.glue import evaluate
   logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
   try:
-    if not os.path.isfile(os.path.join(FLAGS.workdir, 'train_config.json')):
-      raise UserError(f'{FLAGS.workdir}: not a run directory (no train_config.json)')
-    out = glue_eval.evaluate_run(FLAGS.workdir, FLAGS.config, FLAGS.split)
+    RunDir(FLAGS.workdir).train_config()  # one line if it is not a run or is unreadable
+    out = evaluate.evaluate_run(FLAGS.workdir, FLAGS.config, FLAGS.split, FLAGS.packed)
   except UserError as e:
     exit_with_error(e)
-  print(f'{out["task"]} {out["split"]}: {out["num_examples"]} examples, checkpoint step '
-        f'{out["checkpoint_step"]}')
+  source = (f'packed file {out["packed_file"]}' if FLAGS.packed
+            else f'checkpoint step {out["checkpoint_step"]}')
+  print(f'{out["task"]} {out["split"]}: {out["num_examples"]} examples, {source}')
   for key in ('mcc', 'accuracy', 'loss'):
     if key in out:
       print(f'  {key:<9} {out[key]:.4f}')
@@ -64,7 +66,7 @@ def main(argv):
       print(f'    {k}: ' + ' '.join(f'{v:6d}' for v in row))
   if 'submission_file' in out:
     print(f'  predictions: {out["submission_file"]}')
-  print(f'  written: {os.path.join(FLAGS.workdir, "eval_" + FLAGS.split + ".json")}')
+  print(f'  written: {out["written"]}')
 
 
 if __name__ == '__main__':

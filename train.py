@@ -6,7 +6,6 @@
 from absl import app
 from absl import flags
 from bitmaps_jax import cli
-from bitmaps_jax import runner
 
 FLAGS = flags.FLAGS
 cli.define_config_file('config', 'configs/default.py', 'Training configuration.')
@@ -22,11 +21,11 @@ flags.DEFINE_integer('process_id', None, 'This process\'s index (multi-process).
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  from bitmaps_jax.train import parallel
   if FLAGS.distributed or FLAGS.coordinator_address:
-    runner.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
-                                  FLAGS.process_id)
-  runner.train(cli.read_config('config'), FLAGS.workdir)
-
+    parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                    FLAGS.process_id)
+  cli.train(cli.read_config('config'), FLAGS.workdir)
 
 if __name__ == '__main__':
   app.run(main)

@@ -46,3 +46,19 @@ def read_config(name: str = 'config'):
   except Exception as e:  # ml_collections wraps every load failure (missing file, bad code)
     reason = [l.strip() for l in str(e).splitlines() if l.strip().startswith('[Errno')]
     exit_with_error(f'--{name}: cannot load the config file ({reason[0] if reason else _first_line(e)})')
+
+
+def train(config, workdir: str) -> dict:
+  """What train.py runs: the config's task; a user's mistake ends in one line, exit 2."""
+  import jax
+  from absl import logging
+  from bitmaps_jax import tasks
+  from bitmaps_jax.errors import UserError
+  logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  try:
+    result = tasks.run(config, workdir)
+  except UserError as e:
+    exit_with_error(e)
+  if jax.process_index() == 0:
+    print('final valid ' + ' '.join(f'{k} {v:.4f}' for k, v in result.items()))
+  return result

@@ -7,19 +7,22 @@
         --config.teacher_checkpoint=runs/cola-fp --config.data_dir=GLUE_DIR
 
 data_dir: a GLUE directory (CoLA/{train,dev,test}.tsv, SST-2/...); empty: TFDS glue/<task>.
+`configs/glue.py:cola,tiny`: a tiny random model and short sequences (tests).
 """
 
 import ml_collections
 
-from configs import default
+from configs import base
+
+TASKS = ('cola', 'sst2')
 
 
-def get_config(task: str = 'cola'):
-  config = default.get_config()
+def get_config(arg: str = 'cola'):
+  task, tiny = base.parse_args(arg, TASKS, 'configs/glue.py')
+  config = base.get_base_config()
   config.task = 'glue'
-  config.task_name = task
+  config.task_name = task or 'cola'
   config.model = 'minilm-l6-h384'  # used only when init_checkpoint is empty
-  config.init_checkpoint = ''
   config.teacher_checkpoint = ''  # empty: no distillation
   config.data_dir = ''
   config.tfds_data_dir = ''
@@ -28,14 +31,9 @@ def get_config(task: str = 'cola'):
   config.length_bucketing = True  # False: every batch padded to max_seq_length
   # How many batches are sorted by length together. 1 (random batches, each padded only to
   # its own longest row) learns CoLA far better than 50 (less padding, but batches of one
-  # length and so of skewed labels); see the README's GLUE results.
+  # length and so of skewed labels); see docs/results.md.
   config.bucket_pool = 1
   config.max_seq_length = 128
-  config.dtype = 'float32'
-  config.dropout_rate = 0.1
-
-  config.binarize.layers = True
-  config.binarize.embeddings = 'none'
   config.freeze_embeddings = False
   config.freeze_encoder = False
 
@@ -56,14 +54,17 @@ def get_config(task: str = 'cola'):
   config.num_epochs = 3.0
   config.num_train_steps = 0  # 0: num_epochs over the training split
   config.learning_rate = 1e-4
-  config.scale_learning_rate = None
   config.warmup_steps = -1  # -1: warmup_ratio of the steps
   config.warmup_ratio = 0.1
-  config.lr_decay = 'linear'
-  config.weight_decay = 0.01
-  config.grad_clip_norm = 1.0
   config.log_every_steps = 50
   config.eval_every_steps = 0  # 0: once per epoch
   config.checkpoint_every_steps = 0  # 0: once per epoch
   config.keep_checkpoints = 1
+  if tiny:
+    config.model = 'tiny'
+    config.max_seq_length = 16
+    config.per_device_batch_size = 2
+    config.num_epochs = 2.0
+    config.learning_rate = 1e-3
+    config.log_every_steps = 1
   return config

@@ -8,7 +8,7 @@ The argument picks the row of the seed's Table 1: `original` (no binarization), 
 binary word embeddings). Corpus: TFDS wikipedia by default, or text files (data.source=text).
 """
 
-from configs import default
+from configs import base, default
 
 ROWS = {
     'original': dict(layers=False, embeddings='none'),
@@ -21,7 +21,7 @@ def get_config(row: str = 'layers'):
   if row not in ROWS:
     raise ValueError(f'configs/pretrain.py: unknown row {row!r}; expected one of '
                      f'{", ".join(ROWS)}')
-  config = default.get_config()
+  config = default.add_mlm_fields(base.get_base_config())
   config.model = 'bert-base'
   config.init_checkpoint = ''  # set to an HF bert-base-uncased directory
   config.dtype = 'bfloat16'  # 16-bit compute on TPU; float32 latent weights

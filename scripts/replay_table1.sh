@@ -13,7 +13,7 @@ for row in original layers layers_embeddings; do
     --config.data.train_files="$wt/wiki.test.tokens" \
     --config.data.valid_files="$wt/wiki.valid.tokens" "$@"
   dtype=float16; [ "$row" = original ] && dtype=float32
-  python -m bitmaps_jax.export "$out/$row" "$out/$row/model.bitmaps" --float_dtype $dtype
+  python -m bitmaps_jax export "$out/$row" "$out/$row/model.bitmaps" --float_dtype $dtype
 done
 python - "$out" <<'PY'
 import json, os, sys

@@ -6,9 +6,8 @@ import sys
 
 import pytest
 
-from bitmaps_jax import export, runner
-from test_glue import _tiny_glue_config
-from test_train import tiny_config
+from bitmaps_jax import cli
+from bitmaps_jax.tools import export
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,17 +22,17 @@ def _one_line_error(capsys, call):
   return err[0]
 
 
-def test_bad_glue_inputs(tmp_path, capsys):
+def test_bad_glue_inputs(tmp_path, capsys, glue_config):
   def train(**changes):
-    return lambda: runner.train(_tiny_glue_config(tmp_path, **changes), str(tmp_path / 'run'))
+    return lambda: cli.train(glue_config(**changes), str(tmp_path / 'run'))
 
   # Malformed TSV row: the file and the line are named.
-  config = _tiny_glue_config(tmp_path)
+  config = glue_config()
   train_tsv = os.path.join(config.data_dir, 'CoLA', 'train.tsv')
   rows = open(train_tsv).read().splitlines()
   rows[2] = 'src2\tmaybe\t\tthe cat'
   open(train_tsv, 'w').write('\n'.join(rows) + '\n')
-  err = _one_line_error(capsys, lambda: runner.train(config, str(tmp_path / 'run')))
+  err = _one_line_error(capsys, lambda: cli.train(config, str(tmp_path / 'run')))
   assert 'CoLA/train.tsv:3' in err and "'maybe'" in err, err
 
   # Unknown task, missing teacher, corrupt HF directory as the starting checkpoint.
@@ -46,9 +45,9 @@ def test_bad_glue_inputs(tmp_path, capsys):
   err = _one_line_error(capsys, train(init_checkpoint=str(hf)))
   assert 'config.json' in err, err
   # A teacher of another size than the student it should be matched with, layer by layer.
-  runner.train(_tiny_glue_config(tmp_path, num_epochs=1.0, binarize={'layers': False}),
+  cli.train(glue_config(num_epochs=1.0, binarize={'layers': False}),
                str(tmp_path / 'teacher'))
-  runner.train(_tiny_glue_config(tmp_path, num_epochs=1.0, model='mini'),
+  cli.train(glue_config(num_epochs=1.0, model='mini'),
                str(tmp_path / 'mini'))
   err = _one_line_error(capsys, train(teacher_checkpoint=str(tmp_path / 'teacher'),
                                       init_checkpoint=str(tmp_path / 'mini'), tokenizer=''))
@@ -57,18 +56,18 @@ def test_bad_glue_inputs(tmp_path, capsys):
   assert not os.path.exists(tmp_path / 'run' / 'checkpoints')
 
 
-def test_bad_pretraining_inputs(tmp_path, capsys):
+def test_bad_pretraining_inputs(tmp_path, capsys, mlm_config):
   empty = tmp_path / 'empty.txt'
   empty.write_text('\n\n')
-  config = tiny_config()
+  config = mlm_config()
   config.data.source = 'text'
   config.data.train_files = str(empty)
-  err = _one_line_error(capsys, lambda: runner.train(config, str(tmp_path / 'run')))
+  err = _one_line_error(capsys, lambda: cli.train(config, str(tmp_path / 'run')))
   assert 'empty.txt: corpus is empty' in err, err
 
-  config = tiny_config()
+  config = mlm_config()
   config.data.source = 'wikipedia'
-  err = _one_line_error(capsys, lambda: runner.train(config, str(tmp_path / 'run')))
+  err = _one_line_error(capsys, lambda: cli.train(config, str(tmp_path / 'run')))
   assert "'wikipedia'" in err, err
 
 
@@ -86,11 +85,11 @@ def test_bad_export_inputs(tmp_path, capsys):
     (['eval.py', '--workdir', 'nowhere', '--config.data_dirr=x'],
      "--config.data_dirr=x: unknown config field 'data_dirr'"),
 ])
-def test_config_flag_mistakes_are_one_line(tmp_path, args, message):
+def test_config_flag_mistakes_are_one_line(tmp_path, args, message, glue_config):
   if args[0] == 'train.py':
     args = args + ['--workdir', str(tmp_path / 'run')]
   if args[0] == 'eval.py':  # a real run directory, so the overrides apply to its config
-    runner.train(_tiny_glue_config(tmp_path, num_epochs=1.0), str(tmp_path / 'run'))
+    cli.train(glue_config(num_epochs=1.0), str(tmp_path / 'run'))
     args[2] = str(tmp_path / 'run')
   out = subprocess.run([sys.executable] + args, cwd=REPO, capture_output=True, text=True)
   assert out.returncode == 2, out.stderr

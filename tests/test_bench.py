@@ -3,8 +3,9 @@
 import numpy as np
 import jax
 
-from bitmaps_jax import bench, models
-from bitmaps_jax.binarize import BinarizeConfig
+from bitmaps_jax import BinarizeConfig
+from bitmaps_jax.model import bert as models
+from bitmaps_jax.tools import bench
 
 
 def test_quick_benchmark_runs(capsys, tmp_path):
@@ -21,12 +22,11 @@ def test_quick_benchmark_runs(capsys, tmp_path):
     assert row in out, row
 
 
-def test_packed_forward_equals_binarized_model():
+def test_benchmark_times_the_products_packed_model():
   cfg = models.model_config('tiny', architecture='BertForMaskedLM',
                             binarize=BinarizeConfig(layers=True, center=True))
   params = models.init_params(cfg, jax.random.PRNGKey(0))
-  packed, shapes = bench.pack_for_inference(cfg, params, float_dtype=np.float32)
+  model = bench.packed_model(cfg, params, float_dtype='float32')
   ids = jax.numpy.ones((2, 8), jax.numpy.int32)
   ours = models.build_model(cfg).apply({'params': params}, ids)
-  out = bench.packed_forward_fn(cfg, packed, shapes)(packed, ids)
-  np.testing.assert_allclose(out, ours, atol=1e-6)  # jit fuses differently: float rounding
+  np.testing.assert_allclose(model(ids), ours, atol=1e-6)  # jit fuses differently: rounding

@@ -8,12 +8,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bitmaps_jax import convert, models
-from bitmaps_jax.binarize import BinarizeConfig
+from bitmaps_jax import BinarizeConfig
 from bitmaps_jax.errors import UserError
+from bitmaps_jax.model import bert as models
+from bitmaps_jax.model import hf as convert
 
-torch = pytest.importorskip('torch')
-transformers = pytest.importorskip('transformers')
+
+def _torch():
+  """torch and transformers, for the tests that compare against PyTorch (skipped without)."""
+  return pytest.importorskip('torch'), pytest.importorskip('transformers')
 
 
 def _padded_batch(vocab_size):
@@ -30,6 +33,7 @@ def _padded_batch(vocab_size):
 
 
 def test_minilm_matches_pytorch(minilm_dir):
+  torch, transformers = _torch()
   config, params = convert.load_hf_bert(minilm_dir)
   assert config.architecture == 'BertModel' and config.hidden_size == 384
   ids, mask, types = _padded_batch(config.vocab_size)
@@ -50,6 +54,7 @@ def test_minilm_matches_pytorch(minilm_dir):
 @pytest.mark.parametrize('architecture', ['BertForMaskedLM', 'BertForSequenceClassification'])
 @pytest.mark.parametrize('embeddings', ['none', 'per_dim', 'rank1'])
 def test_hf_round_trip_binary(tmp_path, architecture, embeddings):
+  torch, transformers = _torch()
   config = models.model_config('tiny', architecture=architecture,
                                binarize=dict(layers=True, embeddings=embeddings))
   params = models.init_params(config, jax.random.PRNGKey(1))
@@ -115,7 +120,7 @@ def test_bad_directories(tmp_path, minilm_dir):
 @pytest.mark.parametrize('architecture', ['BertForMaskedLM', 'BertForSequenceClassification'])
 def test_adapt_params_keeps_the_encoder_and_adds_the_head(minilm_dir, architecture):
   config, params = convert.load_hf_bert(minilm_dir)
-  new_cfg, new = convert.adapt_params(config, params, architecture, jax.random.PRNGKey(0),
+  new_cfg, new = models.adapt_params(config, params, architecture, jax.random.PRNGKey(0),
                                       num_labels=3)
   expected = models.param_shapes(new_cfg)
   assert jax.tree_util.tree_structure(new) == jax.tree_util.tree_structure(expected)

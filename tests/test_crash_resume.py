@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 
-from bitmaps_jax import checkpoints
+from bitmaps_jax.train import checkpoints
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 16

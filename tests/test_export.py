@@ -6,15 +6,19 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from bitmaps_jax import export, models
+from bitmaps_jax.model import bert as models
+from bitmaps_jax.model import binary_params
+from bitmaps_jax.model import packed as export
 from bitmaps_jax.errors import UserError
 
 VARIANTS = ['none', 'scalar', 'per_dim', 'per_token', 'rank1']
+DENSE = ['per_tensor', 'per_channel', 'statistics', 'rank1']
 
 
-def _model(variant, center=False):
-  cfg = models.model_config('tiny', architecture='BertForMaskedLM',
-                            binarize=dict(layers=True, embeddings=variant, center=center))
+def _model(variant, center=False, granularity='per_tensor', architecture='BertForMaskedLM'):
+  cfg = models.model_config('tiny', architecture=architecture,
+                            binarize=dict(layers=True, embeddings=variant, center=center,
+                                          granularity=granularity))
   params = models.init_params(cfg, jax.random.PRNGKey(0))
   # Move away from the initial state so that the check is not about init-time values.
   params = jax.tree_util.tree_map(
@@ -36,13 +40,38 @@ def test_packed_file_reproduces_binarized_model(tmp_path, variant):
   np.testing.assert_array_equal(_logits(cfg2, params2), _logits(cfg, params))
 
 
+@pytest.mark.parametrize('granularity', DENSE)
+def test_packed_file_reproduces_every_dense_scheme(tmp_path, granularity):
+  cfg, params = _model('none', center=True, granularity=granularity)
+  path = str(tmp_path / 'model.bitmaps')
+  export.save_packed(cfg, params, path, float_dtype='float32')
+  cfg2, params2 = export.load_packed(path)
+  np.testing.assert_allclose(_logits(cfg2, params2), _logits(cfg, params), rtol=1e-5,
+                             atol=1e-5)
+
+
+def test_packed_model_runs_from_the_bits(tmp_path):
+  cfg, params = _model('per_dim', architecture='BertForSequenceClassification')
+  path = str(tmp_path / 'model.bitmaps')
+  export.save_packed(cfg, params, path, float_dtype='float32')
+  model = export.PackedModel.load(path)
+  ids = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 12)))
+  np.testing.assert_allclose(model(ids), _logits(cfg, params), rtol=1e-5, atol=1e-5)
+  # In memory: ceil(n / 8) bytes per binary weight, 4 bytes per other value (a float32 file).
+  flat = traverse_util.flatten_dict(params)
+  layout = binary_params.layout(cfg)
+  expected = sum(-(-flat[p].size // 8) if p in layout else 4 * flat[p].size for p in flat)
+  assert model.nbytes == expected
+  assert any(v.dtype == jnp.uint8 for v in model.arrays.values())
+
+
 @pytest.mark.parametrize('float_dtype', ['float16', 'bfloat16'])
 def test_16bit_file_equals_model_with_16bit_floats(tmp_path, float_dtype):
   cfg, params = _model('per_dim')
   path = str(tmp_path / 'model.bitmaps')
   export.save_packed(cfg, params, path, float_dtype=float_dtype)
   cfg2, params2 = export.load_packed(path)
-  binary = export.binary_signs_tree(cfg, params)
+  binary = binary_params.layout(cfg)
   flat = traverse_util.flatten_dict(params)
   rounded = traverse_util.unflatten_dict({
       k: v if k in binary else v.astype(float_dtype).astype(jnp.float32)
@@ -52,7 +81,8 @@ def test_16bit_file_equals_model_with_16bit_floats(tmp_path, float_dtype):
 
 def test_packed_size_is_one_bit_per_binary_weight():
   cfg, params = _model('per_dim')
-  n_binary = sum(v.size for v in export.binary_signs_tree(cfg, params).values())
+  flat = traverse_util.flatten_dict(params)
+  n_binary = sum(flat[p].size for p in binary_params.layout(cfg))
   n_other = sum(v.size for v in jax.tree_util.tree_leaves(params)) - n_binary
   size = len(export.packed_bytes(cfg, params, 'float16'))
   payload = n_binary / 8 + 2 * n_other

@@ -9,7 +9,12 @@ import jax
 import numpy as np
 import pytest
 
-from bitmaps_jax import augment, distill, finetuning, glue_data, mlm_data, models, runner
+from bitmaps_jax import cli
+from bitmaps_jax.model import bert as models
+from bitmaps_jax.tasks.glue import augment, distill
+from bitmaps_jax.tasks.glue import data as glue_data
+from bitmaps_jax.tasks.glue import task as finetuning
+from bitmaps_jax.tasks.mlm import data as mlm_data
 from bitmaps_jax.errors import UserError
 
 COLA = glue_data.TASKS['cola']
@@ -17,28 +22,8 @@ SST2 = glue_data.TASKS['sst2']
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def write_glue_dir(root, n=48):
-  rng = np.random.default_rng(0)
-  words = ['the', 'cat', 'dog', 'sees', 'a', 'ball', 'runs', 'big', 'red', 'house']
-  sents = [' '.join(rng.choice(words, size=rng.integers(2, 9))) for _ in range(n)]
-  labels = [int('cat' in s) for s in sents]
-  cola = root / 'CoLA'
-  cola.mkdir(parents=True, exist_ok=True)
-  for split in ('train', 'dev'):
-    (cola / f'{split}.tsv').write_text(
-        ''.join(f'src{i}\t{l}\t{"" if l else "*"}\t{s}\n'
-                for i, (s, l) in enumerate(zip(sents, labels))))
-  (cola / 'test.tsv').write_text('index\tsentence\n' +
-                                 ''.join(f'{i}\t{s}\n' for i, s in enumerate(sents[:10])))
-  sst = root / 'SST-2'
-  sst.mkdir(exist_ok=True)
-  (sst / 'dev.tsv').write_text('sentence\tlabel\n' +
-                               ''.join(f'{s}\t{l}\n' for s, l in zip(sents, labels)))
-  return sents, labels
-
-
-def test_tsv_reader_good_files(tmp_path):
-  sents, labels = write_glue_dir(tmp_path)
+def test_tsv_reader_good_files(tmp_path, glue_files):
+  sents, labels = glue_files
   ex = glue_data.read_tsv(COLA, str(tmp_path / 'CoLA' / 'train.tsv'), 'train')
   assert ex.sentences == sents and ex.labels.tolist() == labels
   test = glue_data.read_tsv(COLA, str(tmp_path / 'CoLA' / 'test.tsv'), 'test')
@@ -134,31 +119,13 @@ def test_distillation_loss_is_zero_when_student_equals_teacher():
                              distill.attention_kl(att2, att, mask), rtol=1e-6)
 
 
-def _tiny_glue_config(tmp_path, **changes):
-  from configs import glue
-  write_glue_dir(tmp_path / 'glue')
-  vocab = mlm_data.train_wordpiece_vocab(['the cat dog sees a ball runs big red house'], 64,
-                                         str(tmp_path / 'vocab.txt'))
-  config = glue.get_config('cola')
-  config.model = 'tiny'
-  config.tokenizer = vocab
-  config.data_dir = str(tmp_path / 'glue')
-  config.max_seq_length = 16
-  config.per_device_batch_size = 2
-  config.num_epochs = 2.0
-  config.learning_rate = 1e-3
-  config.log_every_steps = 1
-  config.update(changes)
-  return config
-
-
-def test_finetune_distill_and_eval_cli(tmp_path):
+def test_finetune_distill_and_eval_cli(tmp_path, glue_config):
   teacher_dir, student_dir = str(tmp_path / 'teacher'), str(tmp_path / 'student')
-  teacher = runner.train(_tiny_glue_config(tmp_path, binarize={'layers': False}), teacher_dir)
+  teacher = cli.train(glue_config(binarize={'layers': False}), teacher_dir)
   assert {'mcc', 'accuracy', 'pred_frac_0', 'pred_frac_1'} <= set(teacher)
-  student_cfg = _tiny_glue_config(tmp_path, teacher_checkpoint=teacher_dir)
+  student_cfg = glue_config(teacher_checkpoint=teacher_dir)
   student_cfg.tokenizer = ''  # taken from the teacher run
-  runner.train(student_cfg, student_dir)
+  cli.train(student_cfg, student_dir)
   points = [json.loads(l) for l in open(os.path.join(student_dir, 'metrics.jsonl'))]
   assert {'kd', 'hidden_mse', 'ce'} <= set(points[0])
 
@@ -197,15 +164,15 @@ def test_perturbed_copies_are_seeded_edits_of_corpus_words():
     augment.perturbed_copies(sents, -1, 2, seed=0)
 
 
-def test_perturbed_copies_are_distilled_but_not_in_the_task_loss(tmp_path):
+def test_perturbed_copies_are_distilled_but_not_in_the_task_loss(tmp_path, glue_config):
   teacher_dir = str(tmp_path / 'teacher')
-  runner.train(_tiny_glue_config(tmp_path, binarize={'layers': False}, num_epochs=1.0),
+  cli.train(glue_config(binarize={'layers': False}, num_epochs=1.0),
                teacher_dir)
   # No teacher: copies have no label to learn from.
   with pytest.raises(UserError, match='augment.copies needs a teacher_checkpoint'):
-    finetuning.build_task(_tiny_glue_config(tmp_path, augment={'copies': 1}),
+    finetuning.build_task(glue_config(augment={'copies': 1}),
                           str(tmp_path / 'nokd'))
-  cfg = _tiny_glue_config(tmp_path, teacher_checkpoint=teacher_dir, tokenizer='',
+  cfg = glue_config(teacher_checkpoint=teacher_dir, tokenizer='',
                           augment={'copies': 2, 'max_edits': 1})
   cfg.distill.update(ce_weight=1.0, kd_weight=0.0, hidden_weight=0.0)
   task, _ = finetuning.build_task(cfg, str(tmp_path / 'student'))
@@ -215,19 +182,19 @@ def test_perturbed_copies_are_distilled_but_not_in_the_task_loss(tmp_path):
   assert labeled == 48  # each original once per pass, each copy without a gold label
   batch = task.train_batch(0)
   rng = jax.random.PRNGKey(0)
-  with_labels = task.sums(task.params, dict(batch, label_weights=np.ones_like(batch['weights'])), rng,
-                          False, task.frozen)
-  without = task.sums(task.params, dict(batch, label_weights=np.zeros_like(batch['weights'])), rng,
-                      False, task.frozen)
+  with_labels = task.batch_metrics(task.params, dict(batch, label_weights=np.ones_like(batch['weights'])), rng,
+                          False, task.teacher_params)
+  without = task.batch_metrics(task.params, dict(batch, label_weights=np.zeros_like(batch['weights'])), rng,
+                      False, task.teacher_params)
   assert float(with_labels['loss']) > 0 and float(without['loss']) == 0.0
   cfg.distill.kd_weight = 1.0
   task, _ = finetuning.build_task(cfg, str(tmp_path / 'student'))
-  kd_only = task.sums(task.params, dict(batch, label_weights=np.zeros_like(batch['weights'])), rng,
-                      False, task.frozen)
+  kd_only = task.batch_metrics(task.params, dict(batch, label_weights=np.zeros_like(batch['weights'])), rng,
+                      False, task.teacher_params)
   assert float(kd_only['loss']) == pytest.approx(float(kd_only['kd'])) and kd_only['kd'] > 0
   cfg.distill.update(kd_weight=0.0, attention_weight=1.0)
   task, _ = finetuning.build_task(cfg, str(tmp_path / 'student'))
-  att_only = task.sums(task.params, dict(batch, label_weights=np.zeros_like(batch['weights'])),
-                       rng, False, task.frozen)
+  att_only = task.batch_metrics(task.params, dict(batch, label_weights=np.zeros_like(batch['weights'])),
+                       rng, False, task.teacher_params)
   assert float(att_only['loss']) == pytest.approx(float(att_only['attention_kl']), rel=1e-5)
   assert att_only['attention_kl'] > 0  # the binarized student attends differently

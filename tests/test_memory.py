@@ -1,6 +1,6 @@
 """The memory table command runs and orders the settings as the format implies."""
 
-from bitmaps_jax import memory
+from bitmaps_jax.tools import memory
 
 
 def test_memory_table_tiny(capsys):

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bitmaps_jax import metrics
+from bitmaps_jax.train import metrics
 
 
 def test_mrr32_hand_example():

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from bitmaps_jax import mlm_data
+from bitmaps_jax.tasks import tokenizer
+from bitmaps_jax.tasks.mlm import data as mlm_data
 from bitmaps_jax.errors import UserError
 
 
@@ -106,7 +107,7 @@ def test_corpus_errors(tmp_path):
 def test_learned_vocab_and_packing(tmp_path):
   docs = mlm_data.builtin_documents(50)
   vocab = mlm_data.train_wordpiece_vocab(docs, 120, str(tmp_path / 'vocab.txt'))
-  tok = mlm_data.load_tokenizer(vocab)
+  tok = tokenizer.load_tokenizer(vocab)
   assert 5 < len(tok) <= 120 and tok.mask_token_id == 4
   windows = mlm_data.pack_windows(docs, tok, 32)
   assert windows.shape[1] == 32
@@ -115,7 +116,7 @@ def test_learned_vocab_and_packing(tmp_path):
   with pytest.raises(UserError, match='fewer than one window'):
     mlm_data.pack_windows(['the cat'], tok, 32)
   with pytest.raises(UserError, match='vocab file not found'):
-    mlm_data.load_tokenizer(str(tmp_path / 'missing.txt'))
+    tokenizer.load_tokenizer(str(tmp_path / 'missing.txt'))
 
 
 def test_tfds_wikipedia_reader_with_mock_data():

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bitmaps_jax import models
+from bitmaps_jax.model import bert as models
+from bitmaps_jax.model import binary_params
 
 VARIANT_EXTRA = {'none': lambda v, h: 0, 'scalar': lambda v, h: 2,
                  'per_dim': lambda v, h: 2 * h, 'per_token': lambda v, h: 2 * v,
@@ -80,3 +81,34 @@ def test_bf16_compute_close_to_float32():
 def test_model_size_names():
   assert models.model_config('bert-large').hidden_size == 1024
   assert models.model_config('minilm-l6-h384').num_hidden_layers == 6
+
+
+def test_layout_lists_exactly_the_binary_weights():
+  cfg = models.model_config('tiny', architecture='BertForSequenceClassification',
+                            binarize=dict(layers=True, embeddings='rank1'))
+  layout = binary_params.layout(cfg)
+  kernels = [p for p in layout if p[-1] == 'kernel']
+  assert len(kernels) == 6 * cfg.num_hidden_layers
+  assert all('encoder' in p for p in kernels)  # pooler and classifier stay float
+  assert ('bert', 'embeddings', 'word_embeddings', 'embedding') in layout
+  assert binary_params.layout(cfg.replace(binarize=dict(layers=False))) == {}
+
+
+def test_sign_flip_fraction_counts_changed_signs():
+  cfg = models.model_config('tiny', binarize=dict(layers=True))
+  params = models.init_params(cfg, jax.random.PRNGKey(0))
+  assert float(binary_params.sign_flip_fraction(cfg, params, params)) == 0.0
+  path = ('encoder', 'layer_0', 'attention', 'self', 'query', 'kernel')
+  kernel = params['encoder']['layer_0']['attention']['self']['query']['kernel']
+  moved = jax.tree_util.tree_map(lambda x: x, params)
+  flipped = kernel.at[0, :3].multiply(-1.0)  # 3 signs flipped (no weight is exactly 0)
+  moved['encoder']['layer_0']['attention']['self']['query']['kernel'] = flipped
+  total = sum(params_at(params, p).size for p in binary_params.layout(cfg))
+  assert float(binary_params.sign_flip_fraction(cfg, moved, params)) == pytest.approx(3 / total)
+  del path
+
+
+def params_at(params, path):
+  for k in path:
+    params = params[k]
+  return params

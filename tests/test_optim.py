@@ -4,7 +4,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from bitmaps_jax import optim
+from bitmaps_jax.model import bert, binary_params
+from bitmaps_jax.train import optim
 from bitmaps_jax.errors import UserError
 
 
@@ -34,22 +35,47 @@ def test_schedule_rejects_bad_values():
     optim.learning_rate_schedule(1e-3, 100, 10, decay='step')
 
 
-def test_decay_mask_and_separate_scale_lr():
-  params = {'dense': {'kernel': np.ones((2, 2)), 'bias': np.ones(2), 'alpha': np.ones(()),
-                      'gamma': np.ones(())},
-            'LayerNorm': {'scale': np.ones(2), 'bias': np.ones(2)},
-            'word_embeddings': {'embedding': np.ones((3, 2)), 'u': np.ones(3), 'v': np.ones(2)}}
-  mask = optim.decay_mask(params)
-  assert mask['dense'] == {'kernel': True, 'bias': False, 'alpha': False, 'gamma': False}
-  assert mask['LayerNorm'] == {'scale': False, 'bias': False}
-  assert mask['word_embeddings'] == {'embedding': True, 'u': False, 'v': False}
+def _config(**changes):
   cfg = ml_collections.ConfigDict(dict(
       learning_rate=1e-3, scale_learning_rate=1e-1, warmup_steps=0, lr_decay='linear',
       weight_decay=0.5, grad_clip_norm=0.0, adam_b1=0.9, adam_b2=0.999, adam_eps=1e-8))
-  tx = optim.make_optimizer(cfg, total_steps=100)
-  grads = {k: {n: np.ones_like(v) for n, v in d.items()} for k, d in params.items()}
+  cfg.update(changes)
+  return cfg
+
+
+@pytest.mark.parametrize('granularity,embeddings', [('per_tensor', 'rank1'),
+                                                    ('rank1', 'per_dim')])
+def test_scheme_scales_get_no_decay_and_their_own_learning_rate(granularity, embeddings):
+  model_cfg = bert.model_config('tiny', architecture='BertForMaskedLM', binarize=dict(
+      layers=True, granularity=granularity, embeddings=embeddings))
+  params = bert.init_params(model_cfg, __import__('jax').random.PRNGKey(0))
+  cfg = _config()
+  schedules = optim.make_schedules(cfg, 100)
+  assert set(schedules) == {'weights', 'scales'}
+  tx = optim.make_optimizer(cfg, schedules, binary_params.scale_paths(model_cfg),
+                            binary_params.no_decay_paths(model_cfg))
+  grads = __import__('jax').tree_util.tree_map(np.ones_like, params)
   updates, _ = tx.update(grads, tx.init(params), params)
-  # First Adam step moves each weight by ~lr (plus decay): scales use the larger rate.
-  assert abs(float(updates['dense']['alpha'])) == pytest.approx(0.1, rel=1e-3)
-  assert abs(float(updates['dense']['bias'][0])) == pytest.approx(1e-3, rel=1e-3)
-  assert abs(float(updates['dense']['kernel'][0, 0])) == pytest.approx(1e-3 * 1.5, rel=1e-3)
+  dense = updates['bert']['encoder']['layer_0']['attention']['self']['query']
+  emb = updates['bert']['embeddings']['word_embeddings']
+  ln = updates['bert']['embeddings']['LayerNorm']
+  # First Adam step moves each weight by ~lr (plus lr * decay * w for decayed weights).
+  for tree in (dense, emb):
+    for name, update in tree.items():
+      if name == 'bias':
+        continue
+      u = np.abs(np.asarray(update)).ravel()
+      if name in ('kernel', 'embedding'):
+        p = np.asarray(params['bert']['encoder']['layer_0']['attention']['self']['query'][
+            'kernel'] if name == 'kernel' else params['bert']['embeddings']['word_embeddings'][
+                'embedding']).ravel()
+        np.testing.assert_allclose(u, np.abs(1e-3 * (1 + 0.5 * p)), rtol=1e-3)
+      else:  # a scheme's scale: the scale learning rate, no decay
+        np.testing.assert_allclose(u, 0.1, rtol=1e-3)
+  np.testing.assert_allclose(np.abs(np.asarray(ln['scale'])), 1e-3, rtol=1e-3)
+  np.testing.assert_allclose(np.abs(np.asarray(dense['bias'])), 1e-3, rtol=1e-3)
+
+
+def test_one_schedule_group_without_scale_learning_rate():
+  schedules = optim.make_schedules(_config(scale_learning_rate=None), 100)
+  assert set(schedules) == {'weights'}

@@ -8,40 +8,27 @@ import numpy as np
 import pytest
 from flax.training import train_state
 
-from bitmaps_jax import optim, parallel, pretraining, runner, trainer
+from bitmaps_jax import cli
+from bitmaps_jax.tasks.mlm import task as pretraining
+from bitmaps_jax.train import loop as trainer
+from bitmaps_jax.train import optim, parallel
 from bitmaps_jax.errors import UserError
-from configs import default
-
-
-def tiny_config(**changes):
-  config = default.get_config()
-  config.model = 'tiny'
-  config.data.builtin_documents = 300
-  config.data.vocab_size = 128
-  config.max_seq_length = 32
-  config.per_device_batch_size = 2
-  config.num_train_steps = 6
-  config.warmup_steps = 2
-  config.log_every_steps = 1
-  config.eval_every_steps = 3
-  config.checkpoint_every_steps = 3
-  config.update(changes)
-  return config
 
 
 def _first_loss(task, config, mesh):
   state = train_state.TrainState.create(apply_fn=None, params=task.params,
-                                        tx=optim.make_optimizer(config, 10))
-  step = parallel.make_train_step(task.sums, mesh, donate=False)
+                                        tx=optim.make_optimizer(config,
+                                                                optim.make_schedules(config, 10)))
+  step = parallel.make_train_step(task.batch_metrics, mesh, donate=False)
   batch = parallel.global_batch(mesh, task.train_batch(0))
   new_state, sums, grad_norm = step(parallel.replicate(mesh, state), batch,
                                     jax.random.PRNGKey(0), None)
   return float(sums['loss'] / sums['count']), float(grad_norm), new_state.params
 
 
-def test_data_parallel_step_matches_single_device(tmp_path):
+def test_data_parallel_step_matches_single_device(tmp_path, mlm_config):
   assert jax.device_count() == 8, 'conftest sets 8 simulated CPU devices'
-  config = tiny_config(dropout_rate=0.0, per_device_batch_size=2)
+  config = mlm_config(dropout_rate=0.0, per_device_batch_size=2)
   task, _ = pretraining.build_task(config, str(tmp_path))
   loss8, norm8, params8 = _first_loss(task, config, parallel.data_mesh())
   loss1, norm1, params1 = _first_loss(task, config, parallel.data_mesh(jax.devices()[:1]))
@@ -52,8 +39,8 @@ def test_data_parallel_step_matches_single_device(tmp_path):
   assert max(diffs) < 1e-6
 
 
-def test_dropout_differs_per_device(tmp_path):
-  config = tiny_config(dropout_rate=0.5)
+def test_dropout_differs_per_device(tmp_path, mlm_config):
+  config = mlm_config(dropout_rate=0.5)
   task, _ = pretraining.build_task(config, str(tmp_path))
   mesh = parallel.data_mesh()
   # Two devices given the same rows must still draw different dropout masks.
@@ -62,7 +49,7 @@ def test_dropout_differs_per_device(tmp_path):
 
   def per_device_loss(params, b, rng):
     rng = jax.random.fold_in(rng, jax.lax.axis_index('data'))  # as parallel.make_train_step
-    return task.sums(params, b, rng, True)['loss'][None]
+    return task.batch_metrics(params, b, rng, True)['loss'][None]
 
   step = jax.jit(jax.shard_map(per_device_loss, mesh=mesh,
                                in_specs=(parallel.P(), parallel.P('data'), parallel.P()),
@@ -71,12 +58,12 @@ def test_dropout_differs_per_device(tmp_path):
   assert len(set(np.round(losses, 5))) > 1
 
 
-def test_run_writes_outputs_and_resume_matches_uninterrupted(tmp_path):
+def test_run_writes_outputs_and_resume_matches_uninterrupted(tmp_path, mlm_config):
   full_dir, cut_dir = str(tmp_path / 'full'), str(tmp_path / 'cut')
-  full = runner.train(tiny_config(), full_dir)
+  full = cli.train(mlm_config(), full_dir)
 
   # Kill the second run after its step-3 checkpoint, while training step 5.
-  task, _ = pretraining.build_task(tiny_config(), cut_dir)
+  task, _ = pretraining.build_task(mlm_config(), cut_dir)
   real_batch = task.train_batch
 
   def dying_batch(step):
@@ -86,9 +73,9 @@ def test_run_writes_outputs_and_resume_matches_uninterrupted(tmp_path):
 
   task.train_batch = dying_batch
   with pytest.raises(KeyboardInterrupt):
-    trainer.train_and_evaluate(tiny_config(), cut_dir, task)
+    trainer.train_and_evaluate(mlm_config(), cut_dir, task)
   assert sorted(os.listdir(os.path.join(cut_dir, 'checkpoints'))) == ['3']
-  resumed = runner.train(tiny_config(), cut_dir)
+  resumed = cli.train(mlm_config(), cut_dir)
   assert resumed == full  # same final validation metrics, to the bit
 
   points = [json.loads(l) for l in open(os.path.join(cut_dir, 'metrics.jsonl'))]
@@ -101,38 +88,38 @@ def test_run_writes_outputs_and_resume_matches_uninterrupted(tmp_path):
   assert os.listdir(os.path.join(cut_dir, 'tensorboard'))
 
   # Asking for more steps continues from the last checkpoint instead of starting over.
-  more = runner.train(tiny_config(num_train_steps=9), cut_dir)
+  more = cli.train(mlm_config(num_train_steps=9), cut_dir)
   points = [json.loads(l) for l in open(os.path.join(cut_dir, 'metrics.jsonl'))]
   assert [p['step'] for p in points if p['split'] == 'train'][-4:] == [6, 7, 8, 9]
   assert set(more) == set(full)
 
 
-def test_bad_config_values_are_one_line_errors(tmp_path, capsys):
+def test_bad_config_values_are_one_line_errors(tmp_path, capsys, mlm_config):
   for changes, message in [
       (dict(learning_rate=-1.0), 'learning_rate must be positive'),
       (dict(num_train_steps=0), 'num_train_steps must be a positive integer'),
       (dict(dropout_rate=1.5), 'dropout_rate'),
       (dict(global_batch_size=12), 'global_batch_size 12 does not split over 8 devices'),
-      (dict(binarize=dict(embeddings='per_word')), "unknown variant 'per_word'"),
+      (dict(binarize=dict(embeddings='per_word')), "unknown value 'per_word'"),
       (dict(binarize=dict(granularity='per_row')), "unknown value 'per_row'"),
       (dict(mask_prob=1.5), 'mask_prob must be in (0, 1)'),
       (dict(keep_checkpoints=0), 'keep_checkpoints must be a positive integer'),
       (dict(model='huge'), "unknown model size 'huge'"),
   ]:
     with pytest.raises(SystemExit) as e:
-      runner.train(tiny_config(**changes), str(tmp_path / 'bad'))
+      cli.train(mlm_config(**changes), str(tmp_path / 'bad'))
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
 
 
-def test_resuming_a_workdir_of_another_model_size_is_refused(tmp_path, capsys):
+def test_resuming_a_workdir_of_another_model_size_is_refused(tmp_path, capsys, mlm_config):
   workdir = str(tmp_path / 'run')
-  runner.train(tiny_config(num_train_steps=3), workdir)
+  cli.train(mlm_config(num_train_steps=3), workdir)
   saved_config = open(os.path.join(workdir, 'model_config.json')).read()
   capsys.readouterr()
   with pytest.raises(SystemExit) as e:
-    runner.train(tiny_config(model='mini', num_train_steps=6), workdir)
+    cli.train(mlm_config(model='mini', num_train_steps=6), workdir)
   assert e.value.code == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and 'holds checkpoints of another model' in err[0], err

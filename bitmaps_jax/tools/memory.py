@@ -1,18 +1,19 @@
 """Prints the memory table: serialized size of BERT-base (MLM) in each binarization setting.
 
-Sizes are the real byte counts of the packed file format (`export.py`) for a randomly
+Sizes are the real byte counts of the packed file format (`model/packed.py`) for a randomly
 initialised model: float32 everywhere; encoder layers binarized and the rest in 16 bits;
 layers and word embeddings (per_dim) binarized.
 
-    python -m bitmaps_jax.memory [--size bert-base]
+    python -m bitmaps_jax memory [--size bert-base]
 """
 
 import argparse
 
 import jax
 
-from bitmaps_jax import export, models
-from bitmaps_jax.binarize import BinarizeConfig
+from bitmaps_jax.binary.schemes import BinarizeConfig
+from bitmaps_jax.model import bert as models
+from bitmaps_jax.model import packed
 from bitmaps_jax.errors import exit_on_user_error
 
 MIB = 2**20
@@ -30,7 +31,7 @@ def memory_table(size: str = 'bert-base'):
   for name, cfg, float_dtype in SETTINGS:
     config = models.model_config(size, architecture='BertForMaskedLM', binarize=cfg)
     params = models.init_params(config, jax.random.PRNGKey(0))
-    rows.append((name, len(export.packed_bytes(config, params, float_dtype))))
+    rows.append((name, len(packed.packed_bytes(config, params, float_dtype))))
     del params
   return rows
 

@@ -15,14 +15,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from bitmaps_jax import binarize, models
-from bitmaps_jax.binarize import BinarizeConfig
+from bitmaps_jax.binary.schemes import BinarizeConfig
 from bitmaps_jax.errors import UserError
-from bitmaps_jax.models import BertConfig
+from bitmaps_jax.model import bert as models
+from bitmaps_jax.model import binary_params
+from bitmaps_jax.model.bert import BertConfig
 
 CONFIG_FILE = 'config.json'
 WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin')
-SCALE_NAMES = ('alpha', 'gamma', 'u', 'v')
 _HF_CONFIG_FIELDS = ('vocab_size', 'hidden_size', 'num_hidden_layers', 'num_attention_heads',
                      'intermediate_size', 'hidden_act', 'hidden_dropout_prob',
                      'attention_probs_dropout_prob', 'max_position_embeddings',
@@ -192,63 +192,13 @@ def load_hf_bert(path: str, binarize_cfg: Optional[BinarizeConfig] = None,
       raise UserError(f'{file}: missing weights {", ".join(missing[:4])}'
                       f'{" ..." if len(missing) > 4 else ""}')
   params = traverse_util.unflatten_dict(flat)
-  return config, add_binary_scales(config, params)
-
-
-# --------------------------------------------------------------------------- binary scales
-
-
-def is_binary_kernel(path, config: BertConfig):
-  return config.binarize.layers and path[-1] == 'kernel' and 'encoder' in path
-
-
-def is_binary_embedding(path, config: BertConfig):
-  return (config.binarize.embeddings != 'none' and path[-2:] == ('word_embeddings', 'embedding'))
-
-
-def add_binary_scales(config: BertConfig, params):
-  """Adds alpha/gamma (u/v for rank1) computed from the float weights, as `config` needs them.
-
-  Existing scales are kept, so this is safe to call on params that already have them.
-  """
-  cfg = config.binarize
-  flat = traverse_util.flatten_dict(params)
-  for path, w in list(flat.items()):
-    if is_binary_kernel(path, config):
-      names = ('alpha', 'gamma')
-      axes = binarize.scale_axes(cfg.granularity, w.ndim)
-      values = binarize.init_scale(w, axes, cfg.center, cfg.gamma_init)
-    elif is_binary_embedding(path, config):
-      scales = binarize.init_embedding_scale(w, cfg.embeddings, cfg)
-      names, values = tuple(scales), tuple(scales.values())
-    else:
-      continue
-    for name, value in zip(names, values):
-      flat.setdefault(path[:-1] + (name,), value.astype(w.dtype))
-  return traverse_util.unflatten_dict(flat)
-
-
-def dequantize_params(config: BertConfig, params):
-  """Float params of the same model with binarization off: binary weights -> alpha * B + gamma."""
-  flat = traverse_util.flatten_dict(params)
-  out = {}
-  for path, w in flat.items():
-    if path[-1] in SCALE_NAMES and (path[:-1] + ('kernel',) in flat or
-                                    path[:-1] + ('embedding',) in flat):
-      continue
-    scales = {n: flat[path[:-1] + (n,)] for n in SCALE_NAMES if path[:-1] + (n,) in flat}
-    if is_binary_kernel(path, config):
-      w = binarize.dequantize_dense(w, scales['alpha'], scales['gamma'], config.binarize)
-    elif is_binary_embedding(path, config):
-      w = binarize.dequantize_embedding(w, config.binarize.embeddings, scales)
-    out[path] = w
-  return config.replace(binarize=BinarizeConfig()), traverse_util.unflatten_dict(out)
+  return config, binary_params.add_scales(config, params)
 
 
 def save_hf_bert(config: BertConfig, params, out_dir: str):
   """Writes config.json + model.safetensors that transformers' BERT classes load."""
   from safetensors.numpy import save_file
-  config, params = dequantize_params(config, params)
+  config, params = binary_params.dequantize(config, params)
   os.makedirs(out_dir, exist_ok=True)
   state = {}
   for path, w in traverse_util.flatten_dict(params).items():
@@ -260,24 +210,3 @@ def save_hf_bert(config: BertConfig, params, out_dir: str):
   save_file(state, os.path.join(out_dir, 'model.safetensors'), metadata={'format': 'pt'})
   with open(os.path.join(out_dir, CONFIG_FILE), 'w') as f:
     json.dump(hf_config_dict(config), f, indent=2)
-
-
-# --------------------------------------------------------------------------- re-heading
-
-
-def adapt_params(config: BertConfig, params, architecture: str, rng, num_labels=None):
-  """Moves params to another architecture (e.g. BertModel -> BertForMaskedLM).
-
-  The shared encoder is kept; heads the source lacks are initialised at random (from `rng`),
-  heads the target lacks are dropped. Returns (new config, new params).
-  """
-  target = config.replace(architecture=architecture,
-                          num_labels=num_labels if num_labels is not None else config.num_labels)
-  if config.architecture == architecture and target.num_labels == config.num_labels:
-    return target, params
-  src_bert = params if config.architecture == 'BertModel' else params['bert']
-  fresh = models.init_params(target, rng)
-  if architecture == 'BertModel':
-    return target, dict(fresh, **{k: v for k, v in src_bert.items() if k in fresh})
-  bert = dict(fresh['bert'], **{k: v for k, v in src_bert.items() if k in fresh['bert']})
-  return target, dict(fresh, bert=bert)

@@ -5,9 +5,8 @@ from flax import traverse_util
 
 from bitmaps_jax.errors import UserError
 
-# Leaves that get no weight decay: biases, LayerNorm scales, binary scales.
-NO_DECAY = ('bias', 'scale', 'alpha', 'gamma', 'u', 'v')
-BINARY_SCALES = ('alpha', 'gamma', 'u', 'v')
+# Leaves that never get weight decay, whatever the binarization: biases and LayerNorm scales.
+FLOAT_NO_DECAY = ('bias', 'scale')
 
 
 def learning_rate_schedule(peak: float, total_steps: int, warmup_steps: int,
@@ -36,36 +35,42 @@ def _leaf_labels(params, fn):
   return traverse_util.unflatten_dict({k: fn(k) for k in flat})
 
 
-def decay_mask(params):
-  return _leaf_labels(params, lambda path: path[-1] not in NO_DECAY)
+def make_schedules(config, total_steps: int) -> dict:
+  """{group: learning-rate schedule}: 'weights', and 'scales' when `scale_learning_rate`
+  gives binary scales their own peak. Built once; the optimizer and the logs share them."""
+  make = lambda peak: learning_rate_schedule(peak, total_steps, config.warmup_steps,
+                                             config.lr_decay, config.get('lr_end_factor', 0.0))
+  out = {'weights': make(config.learning_rate)}
+  if config.get('scale_learning_rate'):
+    out['scales'] = make(config.scale_learning_rate)
+  return out
 
 
-def make_optimizer(config, total_steps: int):
+def make_optimizer(config, schedules: dict, scale_paths=frozenset(), no_decay_paths=frozenset()):
   """The optimizer a training config asks for.
 
-  `config.scale_learning_rate` (if set) gives alpha/gamma/u/v their own peak learning rate;
+  `scale_paths` are the binary schemes' scale parameters (their own group when `schedules`
+  has 'scales'); `no_decay_paths` those the schemes exclude from weight decay.
   `freeze_embeddings` / `freeze_encoder` keep those parts of `bert` fixed.
   """
-  def adamw(peak):
-    sched = learning_rate_schedule(peak, total_steps, config.warmup_steps, config.lr_decay,
-                                   config.get('lr_end_factor', 0.0))
-    return optax.adamw(sched, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps,
-                       weight_decay=config.weight_decay, mask=decay_mask)
-
   if config.weight_decay < 0:
     raise UserError(f'weight_decay must be >= 0, got {config.weight_decay}')
+  decay_mask = lambda params: _leaf_labels(
+      params, lambda path: path[-1] not in FLOAT_NO_DECAY and path not in no_decay_paths)
+
+  def adamw(schedule):
+    return optax.adamw(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps,
+                       weight_decay=config.weight_decay, mask=decay_mask)
+
   frozen = tuple(part for part, flag in (('embeddings', config.get('freeze_embeddings')),
                                          ('encoder', config.get('freeze_encoder'))) if flag)
-  scale_lr = config.get('scale_learning_rate')
 
   def label(path):
     if len(path) > 1 and path[0] == 'bert' and path[1] in frozen:
       return 'frozen'
-    return 'scales' if scale_lr and path[-1] in BINARY_SCALES else 'weights'
+    return 'scales' if 'scales' in schedules and path in scale_paths else 'weights'
 
-  transforms = {'weights': adamw(config.learning_rate)}
-  if scale_lr:
-    transforms['scales'] = adamw(scale_lr)
+  transforms = {group: adamw(s) for group, s in schedules.items()}
   if frozen:
     transforms['frozen'] = optax.set_to_zero()
   if len(transforms) == 1:

@@ -107,3 +107,11 @@ def make_predict_step(logits_fn, mesh):
 
   return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS)),
                                out_specs=P(AXIS)))
+
+
+def initialize_distributed(coordinator_address=None, num_processes=None, process_id=None):
+  """Joins a multi-process run. With no arguments JAX finds the TPU slice's hosts itself;
+  on CPU (for testing on one machine) the processes exchange data through gloo."""
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')  # CPU only; TPUs ignore it
+  jax.distributed.initialize(coordinator_address=coordinator_address,
+                             num_processes=num_processes, process_id=process_id)

@@ -5,8 +5,12 @@ import tempfile
 
 import jax
 
-from bitmaps_jax import metrics, mlm_data, models, parallel, pretrained, trainer
 from bitmaps_jax.errors import UserError
+from bitmaps_jax.model import bert
+from bitmaps_jax.tasks import tokenizer as tokenizers
+from bitmaps_jax.tasks.mlm import data as mlm_data
+from bitmaps_jax.train import initial_model, loop, metrics, parallel
+from bitmaps_jax.train.rundir import VOCAB, RunDir
 
 
 def _files(value):
@@ -39,27 +43,27 @@ def load_documents(data_cfg, seed: int):
 
 
 def build_task(config, workdir: str):
-  """(Task, BertConfig) for MLM pretraining with `config`; writes the run's files."""
+  """(loop.Task, BertConfig) for MLM pretraining with `config`; writes the run's files."""
   is_main = jax.process_index() == 0
   if not 0 < config.mask_prob < 1:
     raise UserError(f'mask_prob must be in (0, 1), got {config.mask_prob}')
   train_docs, valid_docs = load_documents(config.data, config.seed)
-  vocab_source = pretrained.tokenizer_source(config)
+  run = RunDir(workdir)
+  vocab_source = tokenizers.tokenizer_source(config)
   if vocab_source is None:
     vocab_dir = workdir if is_main else tempfile.mkdtemp()
     os.makedirs(vocab_dir, exist_ok=True)
-    vocab_source = os.path.join(vocab_dir, pretrained.VOCAB)
+    vocab_source = os.path.join(vocab_dir, VOCAB)
     if not os.path.isfile(vocab_source):
       mlm_data.train_wordpiece_vocab(train_docs, config.data.vocab_size, vocab_source)
-  tokenizer = mlm_data.load_tokenizer_for_packing(vocab_source)
-  model_cfg, params = pretrained.load_initial_model(config, 'BertForMaskedLM',
-                                                    vocab_size=len(tokenizer))
+  tokenizer = tokenizers.load_tokenizer_for_packing(vocab_source)
+  model_cfg, params = initial_model.load(config, 'BertForMaskedLM', vocab_size=len(tokenizer))
   if model_cfg.vocab_size < len(tokenizer):
     raise UserError(f'tokenizer {vocab_source} has {len(tokenizer)} tokens, more than the '
                     f'model\'s vocab_size {model_cfg.vocab_size}')
-  pretrained.check_resumable(workdir, model_cfg)
+  run.check_resumable(model_cfg)
   if is_main:
-    pretrained.save_run_files(workdir, config, model_cfg, vocab_source)
+    run.write_run_files(config, model_cfg, vocab_source)
 
   train_windows = mlm_data.pack_windows(train_docs, tokenizer, config.max_seq_length)
   valid_windows = mlm_data.pack_windows(valid_docs, tokenizer, config.max_seq_length)
@@ -70,17 +74,18 @@ def build_task(config, workdir: str):
   global_batch = parallel.global_batch_size(config)
   pid, nproc = jax.process_index(), jax.process_count()
   batches = mlm_data.MLMBatches(train_windows, spec, global_batch, config.seed, pid, nproc)
-  model = models.build_model(model_cfg)
+  model = bert.build_model(model_cfg)
 
-  def sums(params, batch, rng, train, frozen=None):
+  def batch_metrics(params, batch, rng, train, teacher=None):
     logits = model.apply({'params': params}, batch['input_ids'], batch['attention_mask'],
                          batch['token_type_ids'], deterministic=not train,
                          masked_positions=batch['masked_positions'],
                          rngs={'dropout': rng} if train else {})
     return metrics.masked_lm_sums(logits, batch['masked_labels'], batch['masked_weights'])
 
-  task = trainer.Task(
-      params=params, sums=sums, train_batch=batches.batch,
+  task = loop.Task(
+      model_config=model_cfg, params=params, batch_metrics=batch_metrics,
+      train_batch=batches.batch,
       eval_batches=lambda: mlm_data.eval_batches(valid_windows, spec, global_batch,
                                                  config.eval_batches, pid, nproc),
       items_per_step=global_batch * config.max_seq_length, unit='tok')
@@ -96,4 +101,4 @@ def build_task(config, workdir: str):
 def run(config, workdir: str) -> dict:
   """Pretrains per `config` into `workdir` (resuming if it holds checkpoints)."""
   task, _ = build_task(config, workdir)
-  return trainer.train_and_evaluate(config, workdir, task)
+  return loop.train_and_evaluate(config, workdir, task)

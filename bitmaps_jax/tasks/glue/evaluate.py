@@ -8,8 +8,13 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from bitmaps_jax import glue_data, metrics, parallel
-from bitmaps_jax.distill import cross_entropy
+from bitmaps_jax.errors import UserError
+from bitmaps_jax.model import bert
+from bitmaps_jax.tasks import tokenizer as tokenizers
+from bitmaps_jax.tasks.glue import data as glue_data
+from bitmaps_jax.tasks.glue.distill import cross_entropy
+from bitmaps_jax.train import metrics, parallel
+from bitmaps_jax.train.rundir import RunDir
 
 
 def make_logits_step(model, mesh):
@@ -70,38 +75,40 @@ def write_submission(task: glue_data.GlueTask, out_dir: str, idx, logits) -> str
   return path
 
 
-def write_json(path: str, obj):
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=2)
-  os.replace(tmp, path)
-
-
-def evaluate_run(run_dir: str, config, split: str) -> dict:
-  """Evaluates a fine-tuning run's latest checkpoint on `split`; writes eval_<split>.json and,
-  for unlabeled (test) splits, the GLUE submission file."""
-  from bitmaps_jax import checkpoints, mlm_data, models, pretrained
-  from bitmaps_jax.errors import UserError
+def evaluate_run(run_dir: str, config, split: str, packed_file: str = '') -> dict:
+  """Evaluates a fine-tuning run's latest checkpoint (or the packed model file made from it)
+  on `split`; writes eval_<split>.json and, for unlabeled (test) splits, the GLUE submission
+  file."""
+  run = RunDir(run_dir)
   if config.get('task') != 'glue':
     raise UserError(f'{run_dir}: not a GLUE fine-tuning run (task {config.get("task", "mlm")!r})')
   task = glue_data.get_task(config.task_name)
-  model_cfg = pretrained.read_run_model_config(run_dir)
-  store = checkpoints.CheckpointStore(os.path.join(run_dir, 'checkpoints'))
-  step = store.latest_step()
-  params = store.restore_params(step)
-  tokenizer = mlm_data.load_tokenizer(os.path.join(run_dir, pretrained.VOCAB))
+  tokenizer = tokenizers.load_tokenizer(run.vocab_file)
   examples = glue_data.load_split(task, split, config.data_dir, config.tfds_data_dir)
   token_ids = glue_data.tokenize(examples, tokenizer, config.max_seq_length)
   mesh = parallel.data_mesh()
-  params = parallel.replicate(mesh, params)
-  model = models.build_model(model_cfg)
-  logits = predict_logits(make_logits_step(model, mesh), params, token_ids, examples.labels,
-                          parallel.global_batch_size(config),
-                          config.max_seq_length, mesh)
+  if packed_file:
+    from bitmaps_jax.model import packed
+    model = packed.PackedModel.load(packed_file)
+    logits = predict_logits(lambda _, batch: model(batch['input_ids'], batch['attention_mask'],
+                                                   batch['token_type_ids']), None, token_ids,
+                            examples.labels, parallel.global_batch_size(config),
+                            config.max_seq_length, mesh)
+    step = None
+  else:
+    model_cfg = run.model_config()
+    params, step = run.restore_params()
+    params = parallel.replicate(mesh, params)
+    logits = predict_logits(make_logits_step(bert.build_model(model_cfg), mesh), params,
+                            token_ids, examples.labels, parallel.global_batch_size(config),
+                            config.max_seq_length, mesh)
   out = report(task, split, logits, examples.labels)
-  out['checkpoint_step'] = int(step)
+  out['checkpoint_step'] = None if step is None else int(step)
+  if packed_file:
+    out['packed_file'] = packed_file
   if jax.process_index() == 0:
-    write_json(os.path.join(run_dir, f'eval_{split}.json'), out)
+    name = f'eval_{split}{"_packed" if packed_file else ""}.json'
     if (examples.labels < 0).all():
       out['submission_file'] = write_submission(task, run_dir, examples.idx, logits)
+    out['written'] = run.write_json(name, out)
   return out

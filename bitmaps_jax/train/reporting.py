@@ -8,13 +8,15 @@ import os
 import sys
 import time
 
+from bitmaps_jax.train.rundir import LOSS_PLOT, METRICS, TENSORBOARD
+
 
 class Reporter:
   """Writes metric points and shows progress. `resume_step` drops points logged after it."""
 
   def __init__(self, workdir: str, total_steps: int, enabled: bool = True, resume_step: int = 0):
     self.workdir, self.total, self.enabled = workdir, total_steps, enabled
-    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.path = os.path.join(workdir, METRICS)
     self._tb = None
     self._t0, self._s0 = time.time(), resume_step
     self._tty = sys.stderr.isatty()
@@ -23,7 +25,7 @@ class Reporter:
       self._truncate_after(resume_step)
       try:
         from tensorboardX import SummaryWriter
-        self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+        self._tb = SummaryWriter(os.path.join(workdir, TENSORBOARD))
       except ImportError:
         self._tb = None
 
@@ -82,14 +84,14 @@ def _hms(seconds: float) -> str:
 
 
 def read_metrics(workdir: str):
-  path = os.path.join(workdir, 'metrics.jsonl')
+  path = os.path.join(workdir, METRICS)
   if not os.path.exists(path):
     return []
   with open(path) as f:
     return [json.loads(ln) for ln in f if ln.strip()]
 
 
-def plot_losses(workdir: str, out_name: str = 'train_val_loss.png'):
+def plot_losses(workdir: str, out_name: str = LOSS_PLOT):
   """Training and validation loss against step, from metrics.jsonl."""
   import matplotlib
   matplotlib.use('Agg')

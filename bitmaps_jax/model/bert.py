@@ -12,9 +12,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bitmaps_jax.binarize import BinarizeConfig
+from bitmaps_jax.binary.layers import BinaryDense, BinaryEmbed, default_kernel_init
+from bitmaps_jax.binary.schemes import BinarizeConfig
 from bitmaps_jax.errors import UserError
-from bitmaps_jax.layers import BinaryDense, BinaryEmbed, default_kernel_init
 
 ARCHITECTURES = ('BertModel', 'BertForMaskedLM', 'BertForSequenceClassification')
 DTYPES = ('float32', 'bfloat16', 'float16')
@@ -56,9 +56,21 @@ class BertConfig:
                       f'expected one of {", ".join(_ACTIVATIONS)}')
 
   def replace(self, **changes) -> 'BertConfig':
-    if isinstance(changes.get('binarize'), dict):
-      changes['binarize'] = BinarizeConfig(**changes['binarize'])
+    if 'binarize' in changes:
+      changes['binarize'] = BinarizeConfig.from_dict(changes['binarize'])
     return dataclasses.replace(self, **changes)
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, d: dict) -> 'BertConfig':
+    d = dict(d)
+    d['binarize'] = BinarizeConfig.from_dict(d.get('binarize', {}))
+    try:
+      return cls(**d)
+    except TypeError as e:
+      raise UserError(f'model config: {e}') from None
 
   @property
   def compute_dtype(self):
@@ -104,7 +116,8 @@ class BertOutput:
 
 
 def _dense(cfg: BertConfig, features, binary=False, name=None):
-  return BinaryDense(features, binary=binary and cfg.binarize.layers, cfg=cfg.binarize,
+  """A dense layer; `binary` marks the encoder's six kernels, binarized when config says so."""
+  return BinaryDense(features, scheme=cfg.binarize.dense_scheme if binary else None,
                      dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype, name=name)
 
 
@@ -119,9 +132,8 @@ class BertEmbeddings(nn.Module):
   def setup(self):
     cfg = self.config
     self.word_embeddings = BinaryEmbed(
-        cfg.vocab_size, cfg.hidden_size, variant=cfg.binarize.embeddings, clip=cfg.binarize.clip,
-        gamma_init=cfg.binarize.gamma_init, dtype=cfg.compute_dtype,
-        param_dtype=cfg.params_dtype)
+        cfg.vocab_size, cfg.hidden_size, scheme=cfg.binarize.embedding_scheme,
+        dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype)
     embed = lambda n: nn.Embed(n, cfg.hidden_size, embedding_init=default_kernel_init,
                                dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype)
     self.position_embeddings = embed(cfg.max_position_embeddings)
@@ -242,20 +254,21 @@ class BertModel(nn.Module):
     pooled = self.pooler(states[-1]) if self.add_pooling_layer else None
     return BertOutput(last_hidden_state=states[-1], pooled_output=pooled, hidden_states=states)
 
-  def attend_word_embeddings(self, h):
-    return self.embeddings.word_embeddings.attend(h)
+  def decode_word_embeddings(self, h):
+    """h @ E_b^T: the tied MLM decoder."""
+    return self.embeddings.word_embeddings.decode(h)
 
 
 class BertLMPredictionHead(nn.Module):
-  """transform (dense + act + LayerNorm), then the tied decoder `attend`, plus an output bias."""
+  """transform (dense + act + LayerNorm), then the tied `decoder`, plus an output bias."""
   config: BertConfig
 
   @nn.compact
-  def __call__(self, h, attend):
+  def __call__(self, h, decoder):
     cfg = self.config
     bias = self.param('bias', nn.initializers.zeros, (cfg.vocab_size,), cfg.params_dtype)
     h = BertPredictionTransform(cfg, name='transform')(h)
-    return attend(h) + bias.astype(h.dtype)
+    return decoder(h) + bias.astype(h.dtype)
 
 
 class BertPredictionTransform(nn.Module):
@@ -272,8 +285,8 @@ class BertOnlyMLMHead(nn.Module):
   config: BertConfig
 
   @nn.compact
-  def __call__(self, h, attend):
-    return BertLMPredictionHead(self.config, name='predictions')(h, attend)
+  def __call__(self, h, decoder):
+    return BertLMPredictionHead(self.config, name='predictions')(h, decoder)
 
 
 class BertForMaskedLM(nn.Module):
@@ -294,7 +307,7 @@ class BertForMaskedLM(nn.Module):
     h = out.last_hidden_state
     if masked_positions is not None:
       h = jnp.take_along_axis(h, masked_positions[..., None], axis=1)
-    logits = self.cls(h, self.bert.attend_word_embeddings)
+    logits = self.cls(h, self.bert.decode_word_embeddings)
     return (logits, out) if output_hidden_states else logits
 
 
@@ -332,3 +345,21 @@ def init_params(config: BertConfig, rng, seq_len: int = 8):
 def param_shapes(config: BertConfig):
   """Shapes/dtypes of the parameter tree, without allocating it."""
   return jax.eval_shape(lambda: init_params(config, jax.random.PRNGKey(0)))
+
+
+def adapt_params(config: BertConfig, params, architecture: str, rng, num_labels=None):
+  """Moves params to another architecture (e.g. BertModel -> BertForMaskedLM).
+
+  The shared encoder is kept; heads the source lacks are initialised at random (from `rng`),
+  heads the target lacks are dropped. Returns (new config, new params).
+  """
+  target = config.replace(architecture=architecture,
+                          num_labels=num_labels if num_labels is not None else config.num_labels)
+  if config.architecture == architecture and target.num_labels == config.num_labels:
+    return target, params
+  src_bert = params if config.architecture == 'BertModel' else params['bert']
+  fresh = init_params(target, rng)
+  if architecture == 'BertModel':
+    return target, dict(fresh, **{k: v for k, v in src_bert.items() if k in fresh})
+  bert = dict(fresh['bert'], **{k: v for k, v in src_bert.items() if k in fresh['bert']})
+  return target, dict(fresh, bert=bert)
