@@ -147,6 +147,25 @@ def test_finetune_distill_and_eval_cli(tmp_path, glue_config):
   assert out.stderr.strip().splitlines() == [
       'error: /nonexistent/CoLA/dev.tsv: validation split file not found']
 
+  # The packed file: exported, evaluated from its bits (same predictions as the checkpoint,
+  # which has float32 weights only where the file keeps 16 bits), and run on sentences.
+  packed = str(tmp_path / 'student.bmp')
+  run = lambda *args: subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True,
+                                     text=True, env=env)
+  out = run('-m', 'bitmaps_jax', 'export', student_dir, packed, '--float_dtype=float32')
+  assert out.returncode == 0 and 'bytes' in out.stdout, out.stderr
+  out = run('eval.py', f'--workdir={student_dir}', f'--packed={packed}')
+  assert out.returncode == 0, out.stderr
+  from_bits = json.load(open(os.path.join(student_dir, 'eval_validation_packed.json')))
+  assert from_bits['predicted_label_counts'] == result['predicted_label_counts']
+  assert from_bits['accuracy'] == pytest.approx(result['accuracy'])
+  out = run('-m', 'bitmaps_jax', 'predict', packed, '--vocab',
+            os.path.join(student_dir, 'vocab.txt'), 'the cat runs', 'a red house')
+  assert out.returncode == 0, out.stderr
+  lines = out.stdout.strip().splitlines()
+  assert [l.split('\t')[1] for l in lines] == ['the cat runs', 'a red house']
+  assert all(l.split('\t')[0] in ('0', '1') for l in lines)
+
 
 def test_perturbed_copies_are_seeded_edits_of_corpus_words():
   sents = ['the cat sees a ball', 'dog runs', 'big']

@@ -90,8 +90,10 @@ def evaluate_run(run_dir: str, config, split: str, packed_file: str = '') -> dic
   if packed_file:
     from bitmaps_jax.model import packed
     model = packed.PackedModel.load(packed_file)
-    logits = predict_logits(lambda _, batch: model(batch['input_ids'], batch['attention_mask'],
-                                                   batch['token_type_ids']), None, token_ids,
+    # The packed model runs on one device: the rows come back to the host first.
+    run_packed = lambda _, batch: model(*(np.asarray(batch[k]) for k in (
+        'input_ids', 'attention_mask', 'token_type_ids')))
+    logits = predict_logits(run_packed, None, token_ids,
                             examples.labels, parallel.global_batch_size(config),
                             config.max_seq_length, mesh)
     step = None
