@@ -43,15 +43,28 @@ cli.define_config_dict('config', _run_config_from_argv(sys.argv),
 
 def main(argv):
   del argv
+  import contextlib
+  import os
   from absl import logging
   from bitmaps_jax.tasks.glue import evaluate
   logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
+  run = RunDir(FLAGS.workdir)
+  # The lock keeps a training run from writing while this one reads and writes; a run that
+  # cannot be written (read-only) is still evaluated, and the results printed.
+  writable = os.access(FLAGS.workdir, os.W_OK)
   try:
-    RunDir(FLAGS.workdir).train_config()  # one line if it is not a run or is unreadable
-    out = evaluate.evaluate_run(FLAGS.workdir, FLAGS.config, FLAGS.split, FLAGS.packed)
+    with run.lock('eval') if writable else contextlib.nullcontext():
+      run.train_config()  # one line if it is not a run or is unreadable
+      out = evaluate.evaluate_run(FLAGS.workdir, FLAGS.config, FLAGS.split, FLAGS.packed)
+      _print(out)
+      for path in evaluate.write_results(FLAGS.workdir, FLAGS.split, out):
+        print(f'  written: {path}')
   except UserError as e:
     exit_with_error(e)
-  source = (f'packed file {out["packed_file"]}' if FLAGS.packed
+
+
+def _print(out):
+  source = (f'packed file {out["packed_file"]}' if out.get('packed_file')
             else f'checkpoint step {out["checkpoint_step"]}')
   print(f'{out["task"]} {out["split"]}: {out["num_examples"]} examples, {source}')
   for key in ('mcc', 'accuracy', 'loss'):
@@ -64,9 +77,6 @@ def main(argv):
     print('  confusion matrix (rows: true label, columns: predicted)')
     for k, row in enumerate(out['confusion_matrix']):
       print(f'    {k}: ' + ' '.join(f'{v:6d}' for v in row))
-  if 'submission_file' in out:
-    print(f'  predictions: {out["submission_file"]}')
-  print(f'  written: {out["written"]}')
 
 
 if __name__ == '__main__':

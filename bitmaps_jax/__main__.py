@@ -4,12 +4,13 @@
     bench     side-by-side benchmarks
     export    pack a run's latest checkpoint into the 1-bit file
     predict   run a packed model file on sentences
+    prepare_corpus   tokenize and pack an MLM corpus once, for data.source=prepared
 """
 
 import importlib
 import sys
 
-COMMANDS = ('memory', 'bench', 'export', 'predict')
+COMMANDS = ('memory', 'bench', 'export', 'predict', 'prepare_corpus')
 
 
 def main(argv=None):

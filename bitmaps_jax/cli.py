@@ -1,10 +1,12 @@
-"""Command-line plumbing shared by train.py and eval.py: `--config` mistakes end in one line.
+"""Command-line plumbing of every entry point (train.py, eval.py, python -m bitmaps_jax ...):
+absl flags throughout, and mistakes end in one line.
 
 ml_collections applies `--config.field=value` overrides while the flag is being defined and
 loads the config file when it is first read; both raise tracebacks for the two commonest
 mistakes (a misspelt field, a wrong path), which these wrappers turn into `error: ...`, exit 2.
 """
 
+import contextlib
 import sys
 
 from absl import flags
@@ -18,15 +20,22 @@ def _first_line(e: Exception) -> str:
   return ' '.join(line.strip() for line in text.splitlines() if line.strip())
 
 
-def _overrides(argv) -> str:
-  return ' '.join(a for a in argv if a.startswith('--config.')) or '--config'
+def _flag_for(argv, message: str) -> str:
+  """The --config.x=y argument a config error is about (the first whose field it names)."""
+  flags = [a for a in argv if a.startswith('--config.')]
+  for flag in flags:
+    field = flag.split('=', 1)[0][len('--config.'):]
+    if any(f"'{part}'" in message for part in field.split('.')):
+      return flag
+  return flags[0] if len(flags) == 1 else '--config'
 
 
 def _define(define, *args, **kwargs):
   try:
     define(*args, **kwargs)
   except (AttributeError, KeyError, TypeError, ValueError) as e:
-    exit_with_error(f'{_overrides(sys.argv)}: unknown config field {_first_line(e)}')
+    message = _first_line(e)
+    exit_with_error(f'{_flag_for(sys.argv, message)}: unknown config field {message}')
 
 
 def define_config_file(name: str, default: str, help_string: str):
@@ -49,16 +58,44 @@ def read_config(name: str = 'config'):
 
 
 def train(config, workdir: str) -> dict:
-  """What train.py runs: the config's task; a user's mistake ends in one line, exit 2."""
+  """What train.py runs: the config's task. A user's mistake ends in one line, exit 2; SIGTERM
+  or SIGINT ends it after a checkpoint, with one line, exit 0."""
   import jax
   from absl import logging
   from bitmaps_jax import tasks
   from bitmaps_jax.errors import UserError
+  from bitmaps_jax.train import loop
+  from bitmaps_jax.train.rundir import RunDir
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   try:
-    result = tasks.run(config, workdir)
+    # One run per workdir; on several hosts, process 0 holds the lock for all of them.
+    with RunDir(workdir).lock('train') if jax.process_index() == 0 else _nothing():
+      result = tasks.run(config, workdir)
   except UserError as e:
     exit_with_error(e)
+  except loop.Preempted as e:
+    if jax.process_index() == 0:
+      print(e, file=sys.stderr)
+    sys.exit(0)
   if jax.process_index() == 0:
     print('final valid ' + ' '.join(f'{k} {v:.4f}' for k, v in result.items()))
   return result
+
+
+@contextlib.contextmanager
+def _nothing():
+  yield
+
+
+def run_command(main, argv, prog: str):
+  """Parses absl flags from `argv` (without the program name) and calls main(positional args).
+  Used by the `python -m bitmaps_jax` commands; a bad flag is one line, exit 2."""
+  from bitmaps_jax.errors import UserError
+  flags.FLAGS.unparse_flags()
+  try:
+    positional = flags.FLAGS([prog] + list(argv))[1:]
+    return main(positional)
+  except flags.Error as e:
+    exit_with_error(f'{prog}: {e}')
+  except UserError as e:
+    exit_with_error(e)

@@ -14,7 +14,8 @@ def add_mlm_fields(config):
   """The MLM task's fields: corpus, tokenizer vocabulary, masking."""
   config.task = 'mlm'
   config.data = ml_collections.ConfigDict()
-  config.data.source = 'builtin'  # builtin, text or tfds
+  config.data.source = 'builtin'  # builtin, text, tfds or prepared
+  config.data.prepared_dir = ''  # source=prepared: python -m bitmaps_jax prepare_corpus output
   config.data.builtin_documents = 3000
   config.data.vocab_size = 256  # size of a learned WordPiece vocab
   config.data.train_files = ''  # comma-separated text files (source=text)

@@ -1,11 +1,14 @@
 """BERT-base binary MLM pretraining as the seed write-up ran it, for Cloud TPU.
 
-    python train.py --config configs/pretrain.py:layers --workdir gs://.../run \
-        --config.init_checkpoint=/path/to/bert-base-uncased
+    python -m bitmaps_jax prepare_corpus --vocab=BERT_DIR --out=/data/wiki128 \
+        --tfds_name=wikipedia/20230601.en
+    python train.py --config configs/pretrain.py:layers --workdir /shared/run \
+        --config.init_checkpoint=BERT_DIR --config.data.prepared_dir=/data/wiki128
 
 The argument picks the row of the seed's Table 1: `original` (no binarization), `layers`
 (encoder dense layers binarized with alpha and gamma), `layers_embeddings` (plus per_dim
-binary word embeddings). Corpus: TFDS wikipedia by default, or text files (data.source=text).
+binary word embeddings). Corpus: a prepared corpus (data.prepared_dir), or TFDS / text files
+read at start-up (data.source=tfds / text).
 """
 
 from configs import base, default
@@ -26,7 +29,10 @@ def get_config(row: str = 'layers'):
   config.init_checkpoint = ''  # set to an HF bert-base-uncased directory
   config.dtype = 'bfloat16'  # 16-bit compute on TPU; float32 latent weights
   config.binarize.update(ROWS[row])
-  config.data.source = 'tfds'
+  # Prepared once with `python -m bitmaps_jax prepare_corpus` (TFDS wikipedia or text files)
+  # into a directory on every host's local disk; data.source=tfds reads TFDS at start-up.
+  config.data.source = 'prepared'
+  config.data.prepared_dir = ''
   config.data.validation_fraction = 0.005
   config.max_seq_length = 128
   config.per_device_batch_size = 32

@@ -1,7 +1,10 @@
 """The benchmark runs end to end on tiny shapes (it prints; nothing here checks speed)."""
 
-import numpy as np
+import re
+
 import jax
+import numpy as np
+import pytest
 
 from bitmaps_jax import BinarizeConfig
 from bitmaps_jax.model import bert as models
@@ -20,6 +23,20 @@ def test_quick_benchmark_runs(capsys, tmp_path):
               'SST-2 train (WordPiece tokens): 20 examples',
               'projected to the whole epoch of 40 examples'):
     assert row in out, row
+  # The printed ratios are the printed measurements divided, side by side.
+  rows = re.findall(r'tiny\s+(ours float32|ours packed [\w+ ]+?|pytorch float32)\s+([\d.]+) ms '
+                    r'\(\s*([\d.]+)x\)\s+weights\s+([\d.]+) MiB \(\s*([\d.]+)x less\)', out)
+  assert [r[0] for r in rows][:3] == ['ours float32', 'ours packed binary layers',
+                                      'ours packed layers+emb'], rows
+  fp_ms, fp_mib = float(rows[0][1]), float(rows[0][3])
+  for name, ms, ratio, mib, less in rows:
+    if fp_ms >= 1.0 and float(ms) >= 1.0:  # printed to 0.1 ms: compare where that is precise
+      assert float(ratio) == pytest.approx(float(ms) / fp_ms, abs=0.06 + 0.1 / fp_ms), name
+  # Weight memory: the packed rows hold 1 bit per binary weight (tiny shapes print as 0.0 MiB,
+  # so the byte counts behind the table are checked).
+  table = bench.inference_rows('tiny', 2, 16, 1)
+  fp_bytes, layers_bytes, emb_bytes = (table[i][2] for i in range(3))
+  assert emb_bytes < layers_bytes < fp_bytes
 
 
 def test_benchmark_times_the_products_packed_model():

@@ -10,15 +10,18 @@ import subprocess
 import sys
 import time
 
+import jax
+import numpy as np
+
+from bitmaps_jax.model import bert
 from bitmaps_jax.train import checkpoints
+from bitmaps_jax.train.rundir import RunDir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 16
-FLAGS = ['--config.model=tiny', '--config.data.builtin_documents=300',
-         '--config.data.vocab_size=128', '--config.max_seq_length=32',
-         '--config.per_device_batch_size=2', f'--config.num_train_steps={STEPS}',
-         '--config.warmup_steps=2', '--config.log_every_steps=1', '--config.eval_every_steps=4',
-         '--config.checkpoint_every_steps=1', '--config.keep_checkpoints=2']
+FLAGS = ['--config=configs/default.py:tiny', f'--config.num_train_steps={STEPS}',
+         '--config.eval_every_steps=4', '--config.checkpoint_every_steps=1',
+         '--config.keep_checkpoints=2']
 
 
 def _train(workdir):
@@ -84,11 +87,15 @@ def test_kill_9_anywhere_then_resume_matches_uninterrupted(tmp_path):
     kills += 1
     mid_save_kills += round_ % 2 == 0
     # Whatever the kill interrupted, every checkpoint that looks complete restores.
+    model_cfg = RunDir(crash_dir).model_config()
+    expected = jax.tree_util.tree_map(lambda s: (s.shape, s.dtype),
+                                      bert.param_shapes(model_cfg))
     for step in _finished_steps(ckpt_dir):
       store = checkpoints.CheckpointStore(ckpt_dir)
       params = store.restore_params(step)
-      assert params, step
       store.close()
+      assert jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), params) == expected, step
+      assert all(np.isfinite(np.asarray(a)).all() for a in jax.tree_util.tree_leaves(params))
   assert kills >= 3 and mid_save_kills >= 1, (kills, mid_save_kills)
 
   proc = _train(crash_dir)
@@ -99,3 +106,37 @@ def test_kill_9_anywhere_then_resume_matches_uninterrupted(tmp_path):
   assert crash_valid == full_valid
   assert train_steps == list(range(1, STEPS + 1))  # no step logged twice, none missing
   assert all(n.isdigit() for n in _entries(ckpt_dir)), _entries(ckpt_dir)  # no leftovers
+
+
+def test_sigterm_saves_and_the_next_run_loses_no_step(tmp_path):
+  full_dir, stop_dir = str(tmp_path / 'full'), str(tmp_path / 'stop')
+  flags = ['--config.checkpoint_every_steps=100']  # only the stop and the end save
+  full = subprocess.run([sys.executable, 'train.py', f'--workdir={full_dir}', *FLAGS, *flags],
+                        cwd=REPO, capture_output=True, text=True, timeout=600,
+                        env=dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2'))
+  assert full.returncode == 0, full.stderr[-2000:]
+  proc = subprocess.Popen([sys.executable, 'train.py', f'--workdir={stop_dir}', *FLAGS, *flags],
+                          cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2'))
+  metrics = os.path.join(stop_dir, 'metrics.jsonl')
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:  # after a few logged steps
+    if os.path.exists(metrics) and len(open(metrics).read().splitlines()) >= 3:
+      break
+    time.sleep(0.01)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err[-2000:]
+  last = [l for l in err.strip().splitlines() if l.startswith('SIGTERM')]
+  assert len(last) == 1 and 'checkpoint' in last[0] and 'saved' in last[0], err[-2000:]
+  stopped_at = _finished_steps(os.path.join(stop_dir, 'checkpoints'))
+  assert len(stopped_at) == 1 and 0 < stopped_at[0] < STEPS, stopped_at
+  again = subprocess.run([sys.executable, 'train.py', f'--workdir={stop_dir}', *FLAGS, *flags],
+                         cwd=REPO, capture_output=True, text=True, timeout=600,
+                         env=dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2'))
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert f'resuming from' in again.stderr
+  stop_valid, train_steps = _final_valid(stop_dir)
+  full_valid, _ = _final_valid(full_dir)
+  assert stop_valid == full_valid
+  assert train_steps == list(range(1, STEPS + 1))  # no step lost, none logged twice

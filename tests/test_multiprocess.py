@@ -48,5 +48,10 @@ def test_two_processes_match_one(tmp_path):
   assert [s for s, _ in a] == [s for s, _ in b] == ['train'] * 3 + ['valid']
   for (_, x), (_, y) in zip(a, b):
     assert x == pytest.approx(y, rel=1e-5)
-  # Only process 0 wrote logs; both took part in the checkpoint.
+  # Only process 0 wrote logs (each point once, one TensorBoard file); both took part in the
+  # checkpoint; the run lock, held once for both, is gone.
+  steps = [(p['split'], p['step']) for p in map(json.loads, open(os.path.join(two, 'metrics.jsonl')))]
+  assert steps == [('train', 1), ('train', 2), ('train', 3), ('valid', 3)]
+  assert len(os.listdir(os.path.join(two, 'tensorboard'))) == 1
   assert os.path.isdir(os.path.join(two, 'checkpoints', '3'))
+  assert not os.path.exists(os.path.join(two, 'run.lock'))

@@ -34,8 +34,8 @@ def _task(bad_steps):
 
 def _config(**changes):
   config = default.get_config()
-  config.update(num_train_steps=6, warmup_steps=0, log_every_steps=1, eval_every_steps=2,
-                checkpoint_every_steps=2, **changes)
+  config.update(dict(dict(num_train_steps=6, warmup_steps=0, log_every_steps=1,
+                          eval_every_steps=2, checkpoint_every_steps=2), **changes))
   return config
 
 
@@ -54,3 +54,38 @@ def test_nonfinite_steps_can_be_skipped(tmp_path):
   points = [json.loads(l) for l in open(os.path.join(tmp_path, 'metrics.jsonl'))]
   assert [p['step'] for p in points if p['split'] == 'train'] == [1, 3, 5, 6]
   assert points[-2]['skipped_steps'] == 2
+
+
+def test_ordinary_steps_make_no_host_transfer_and_batches_are_built_ahead(tmp_path,
+                                                                          monkeypatch):
+  made, used = [], []
+  task = _task(bad_steps=set())
+  real_batch = task.train_batch
+
+  def batch(step):
+    made.append(step)
+    return real_batch(step)
+
+  task.train_batch = batch
+  gets = []
+  real_get = trainer.jax.device_get
+  monkeypatch.setattr(trainer.jax, 'device_get', lambda x: gets.append(1) or real_get(x))
+  real_next = trainer.Prefetcher.next
+
+  def next_batch(self):
+    import time
+    time.sleep(0.05)  # the device is busy: the producer thread gets ahead
+    step, b = real_next(self)
+    used.append((step, len(made)))
+    return step, b
+
+  monkeypatch.setattr(trainer.Prefetcher, 'next', next_batch)
+  config = _config(num_train_steps=12, log_every_steps=6, eval_every_steps=12,
+                   checkpoint_every_steps=12)
+  trainer.train_and_evaluate(config, str(tmp_path), task)
+  # Reads of the on-device log: one per log / evaluation / checkpoint step (6 and 12), plus
+  # the evaluation's own metric sums; none on the other ten steps.
+  eval_batches = len(task.eval_batches())
+  assert len(gets) == 2 + eval_batches, len(gets)
+  # When step k is taken, the producer has already built at least k + 2 batches (2 ahead).
+  assert all(n >= min(step + 3, 12) for step, n in used), used

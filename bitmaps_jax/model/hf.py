@@ -195,11 +195,15 @@ def load_hf_bert(path: str, binarize_cfg: Optional[BinarizeConfig] = None,
   return config, binary_params.add_scales(config, params)
 
 
-def save_hf_bert(config: BertConfig, params, out_dir: str):
-  """Writes config.json + model.safetensors that transformers' BERT classes load."""
+def save_hf_bert(config: BertConfig, params, out_dir: str, tokenizer: Optional[str] = None):
+  """Writes config.json + model.safetensors that transformers' BERT classes load, and, given
+  `tokenizer` (a vocab.txt or a directory with one), the tokenizer files for AutoTokenizer."""
   from safetensors.numpy import save_file
   config, params = binary_params.dequantize(config, params)
-  os.makedirs(out_dir, exist_ok=True)
+  try:
+    os.makedirs(out_dir, exist_ok=True)
+  except OSError as e:
+    raise UserError(f'{out_dir}: cannot create the output directory ({e.strerror})') from None
   state = {}
   for path, w in traverse_util.flatten_dict(params).items():
     name, transpose = path_to_hf(path)
@@ -207,6 +211,17 @@ def save_hf_bert(config: BertConfig, params, out_dir: str):
     state[name] = np.ascontiguousarray(w.T if transpose else w)
   if config.architecture == 'BertForMaskedLM':
     state['cls.predictions.decoder.bias'] = state['cls.predictions.bias']
-  save_file(state, os.path.join(out_dir, 'model.safetensors'), metadata={'format': 'pt'})
+  weights = os.path.join(out_dir, 'model.safetensors')
+  save_file(state, weights, metadata={'format': 'pt'})
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(weights, 0o666 & ~umask)  # safetensors creates it 0600
   with open(os.path.join(out_dir, CONFIG_FILE), 'w') as f:
     json.dump(hf_config_dict(config), f, indent=2)
+  if tokenizer:
+    from transformers import BertTokenizer
+    vocab = tokenizer if os.path.isfile(tokenizer) else os.path.join(tokenizer, 'vocab.txt')
+    if not os.path.isfile(vocab):
+      raise UserError(f'{tokenizer}: no vocab.txt to write the tokenizer from')
+    BertTokenizer(vocab=vocab, do_lower_case=True,
+                  model_max_length=config.max_position_embeddings).save_pretrained(out_dir)

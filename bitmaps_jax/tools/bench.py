@@ -9,8 +9,8 @@ ratios are printed next to them. `--quick` runs tiny shapes (for CI: it checks t
 benchmark runs, not how fast).
 """
 
-import argparse
 import os
+import sys
 import statistics
 import tempfile
 import time
@@ -21,8 +21,11 @@ import numpy as np
 import optax
 from flax import traverse_util
 
+from absl import flags
+
+from bitmaps_jax import cli
 from bitmaps_jax.binary.schemes import BinarizeConfig
-from bitmaps_jax.errors import UserError, exit_on_user_error
+from bitmaps_jax.errors import UserError
 from bitmaps_jax.model import bert as models
 from bitmaps_jax.model import packed as packed_file
 from bitmaps_jax.tasks.glue import data as glue_data
@@ -251,7 +254,61 @@ def sst2_lengths(path: str, sample: int, max_len: int):
   return lengths, len(ex.sentences), f'SST-2 train ({how} tokens)'
 
 
-SECTIONS = ('train', 'breakdown', 'cost', 'inference', 'bucketing')
+SECTIONS = ('train', 'breakdown', 'cost', 'inference', 'bucketing', 'input')
+
+
+def _rss_bytes() -> int:
+  with open('/proc/self/statm') as f:
+    return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+
+
+def _sparse_prepared_corpus(path: str, windows: int, seq: int):
+  """A prepared directory whose one shard is a sparse file of `windows` rows (no disk used)."""
+  import json
+  from bitmaps_jax.tasks.mlm import prepared
+  os.makedirs(path, exist_ok=True)
+  shard = np.lib.format.open_memmap(os.path.join(path, 'train-00000.npy'), mode='w+',
+                                    dtype=np.uint16, shape=(windows, seq))
+  del shard
+  valid = np.lib.format.open_memmap(os.path.join(path, 'valid-00000.npy'), mode='w+',
+                                    dtype=np.uint16, shape=(64, seq))
+  del valid
+  with open(os.path.join(path, prepared.MANIFEST), 'w') as f:
+    json.dump({'format': prepared.FORMAT, 'max_seq_length': seq, 'dtype': 'uint16',
+               'shards': {'train': [{'file': 'train-00000.npy', 'windows': windows}],
+                          'valid': [{'file': 'valid-00000.npy', 'windows': 64}]},
+               'stats': {}}, f)
+
+
+def input_section(quick: bool, batch: int = 256, seq: int = 128, repeats: int = 20):
+  """The MLM input pipeline per host: open time, resident memory and batch time of a prepared
+  corpus at two sizes (sparse files: page-cache reads, not disk reads)."""
+  from bitmaps_jax.tasks.mlm import data as mlm_data
+  from bitmaps_jax.tasks.mlm import prepared
+  print('\n== MLM input pipeline per host (prepared corpus, Feistel order, per-row masks)')
+  need = 0.8e6
+  print(f'target: BERT-base at 50% MFU on a v4 host needs about {need / 1e6:.1f} M tokens/s '
+        f'(4 chips x 275 TFLOP/s x 0.5 / (6 x 110 M FLOP per token))')
+  spec = mlm_data.MaskingSpec(vocab_size=30522, mask_token_id=103, special_ids=(101, 102, 103),
+                              max_predictions=mlm_data.num_predictions(seq, 0.15))
+  sizes = (10_000, 300_000) if quick else (1_000_000, 30_000_000)
+  rates = []
+  with tempfile.TemporaryDirectory() as tmp:
+    for n in sizes:
+      path = os.path.join(tmp, str(n))
+      _sparse_prepared_corpus(path, n, seq)
+      rss0, t0 = _rss_bytes(), time.perf_counter()
+      corpus = prepared.PreparedCorpus(path)
+      opened, rss1 = time.perf_counter() - t0, _rss_bytes()
+      batches = prepared.PreparedMLMBatches(corpus.train, spec, batch, seed=0)
+      steps = iter(range(10**9))
+      secs = median_seconds(lambda: batches.batch(next(steps)), repeats)
+      rate = batch * seq / secs
+      rates.append(rate)
+      print(f'{n:>11,} windows: open {opened * 1e3:7.1f} ms, +{(rss1 - rss0) / 2**20:6.1f} MiB '
+            f'resident; batch of {batch} x {seq}: {secs * 1e3:7.2f} ms = {rate / 1e6:5.2f} M '
+            f'tokens/s ({rate / need:4.1f}x the target)')
+  print(f'{sizes[-1]:,} vs {sizes[0]:,} windows: batch time x{rates[0] / rates[1]:.2f}')
 
 
 def train_section(sizes, batch, seq, repeats):
@@ -343,20 +400,20 @@ def bucketing_section(size, quick, sst2_train, sst2_examples):
         f'{name} {value * scale / 60:.1f} min' for name, value in secs.items()))
 
 
-@exit_on_user_error
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--quick', action='store_true', help='tiny shapes, for CI')
-  parser.add_argument('--sections', default=','.join(SECTIONS),
-                      help=f'comma-separated subset of {",".join(SECTIONS)}')
-  parser.add_argument('--sizes', default='minilm-l6-h384,bert-base')
-  parser.add_argument('--batch', type=int, default=8)
-  parser.add_argument('--seq', type=int, default=128)
-  parser.add_argument('--repeats', type=int, default=3)
-  parser.add_argument('--sst2_train', default='', help='SST-2 train.tsv for the bucketing run')
-  parser.add_argument('--sst2_examples', type=int, default=4096,
-                      help='sentences sampled from --sst2_train (0: all of them)')
-  args = parser.parse_args(argv)
+flags.DEFINE_bool('quick', False, 'Tiny shapes, for CI.')
+flags.DEFINE_string('sections', ','.join(SECTIONS), f'Comma-separated subset of {",".join(SECTIONS)}.')
+flags.DEFINE_string('sizes', 'minilm-l6-h384,bert-base', 'Model sizes.')
+flags.DEFINE_integer('batch', 8, 'Batch size.')
+flags.DEFINE_integer('seq', 128, 'Sequence length.')
+flags.DEFINE_integer('repeats', 3, 'Timed repeats after warm-up.')
+flags.DEFINE_string('sst2_train', '', 'SST-2 train.tsv for the bucketing run.')
+flags.DEFINE_integer('sst2_examples', 4096, 'Sentences sampled from --sst2_train (0: all).')
+
+
+def _main(positional):
+  if positional:
+    raise UserError(f'unexpected arguments: {" ".join(positional)}')
+  args = flags.FLAGS
   sections = args.sections.split(',')
   unknown = set(sections) - set(SECTIONS)
   if unknown:
@@ -376,6 +433,13 @@ def main(argv=None):
     inference_section(sizes, batch, seq, repeats)
   if 'bucketing' in sections:
     bucketing_section(sizes[0], args.quick, args.sst2_train, args.sst2_examples)
+  if 'input' in sections:
+    input_section(args.quick)
+
+
+
+def main(argv=None):
+  cli.run_command(_main, sys.argv[1:] if argv is None else argv, 'python -m bitmaps_jax bench')
 
 
 if __name__ == '__main__':

@@ -1,30 +1,49 @@
-"""Packs a run's latest checkpoint into the 1-bit file (`bitmaps_jax.model.packed`).
+"""Exports a run's latest checkpoint: the packed 1-bit file (`bitmaps_jax.model.packed`), or
+with --hf a Hugging Face directory (dequantized weights, config, tokenizer).
 
     python -m bitmaps_jax export RUN_DIR OUT_FILE [--float_dtype float16]
+    python -m bitmaps_jax export RUN_DIR OUT_DIR --hf
 """
 
-import argparse
 import os
+import sys
 
-from bitmaps_jax.errors import UserError, exit_on_user_error
-from bitmaps_jax.model import packed
+from absl import flags
+
+from bitmaps_jax import cli
+from bitmaps_jax.errors import UserError
+from bitmaps_jax.model import hf, packed
 from bitmaps_jax.train.rundir import RunDir
 
 
-@exit_on_user_error
-def main(argv=None):
-  parser = argparse.ArgumentParser(prog='python -m bitmaps_jax export',
-                                   description=__doc__.split('\n')[0])
-  parser.add_argument('run_dir')
-  parser.add_argument('out_file')
-  parser.add_argument('--float_dtype', default='float16', choices=packed.FLOAT_DTYPES)
-  args = parser.parse_args(argv)
-  out_dir = os.path.dirname(os.path.abspath(args.out_file))
+flags.DEFINE_enum('float_dtype', 'float16', list(packed.FLOAT_DTYPES),
+                  'Storage of the tensors that stay float.')
+flags.DEFINE_bool('hf', False, 'Write a Hugging Face directory (transformers loads it).')
+
+
+def _main(positional):
+  if len(positional) != 2:
+    raise UserError('usage: python -m bitmaps_jax export RUN_DIR OUT_FILE [--hf] '
+                    '[--float_dtype=float16]')
+  run_dir, out_file = positional
+  args = flags.FLAGS
+  run = RunDir(run_dir)
+  if args.hf:
+    config, params = run.load_model()
+    hf.save_hf_bert(config, params, out_file, tokenizer=run.vocab_file)
+    print(f'{out_file}: Hugging Face {config.architecture} with its tokenizer')
+    return
+  out_dir = os.path.dirname(os.path.abspath(out_file))
   if not os.path.isdir(out_dir):
-    raise UserError(f'{args.out_file}: directory {out_dir} does not exist')
-  config, params = RunDir(args.run_dir).load_model()
-  size = packed.save_packed(config, params, args.out_file, args.float_dtype)
-  print(f'{args.out_file}: {size} bytes ({size / 2**20:.2f} MiB)')
+    raise UserError(f'{out_file}: directory {out_dir} does not exist')
+  config, params = run.load_model()
+  size = packed.save_packed(config, params, out_file, args.float_dtype)
+  print(f'{out_file}: {size} bytes ({size / 2**20:.2f} MiB)')
+
+
+
+def main(argv=None):
+  cli.run_command(_main, sys.argv[1:] if argv is None else argv, 'python -m bitmaps_jax export')
 
 
 if __name__ == '__main__':

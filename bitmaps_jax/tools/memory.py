@@ -7,14 +7,17 @@ layers and word embeddings (per_dim) binarized.
     python -m bitmaps_jax memory [--size bert-base]
 """
 
-import argparse
+import sys
+
+from absl import flags
 
 import jax
 
 from bitmaps_jax.binary.schemes import BinarizeConfig
+from bitmaps_jax.errors import UserError
 from bitmaps_jax.model import bert as models
 from bitmaps_jax.model import packed
-from bitmaps_jax.errors import exit_on_user_error
+from bitmaps_jax import cli
 
 MIB = 2**20
 SETTINGS = (
@@ -36,17 +39,21 @@ def memory_table(size: str = 'bert-base'):
   return rows
 
 
-@exit_on_user_error
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--size', default='bert-base', choices=sorted(models.MODEL_SIZES))
-  args = parser.parse_args(argv)
-  rows = memory_table(args.size)
+flags.DEFINE_enum('size', 'bert-base', sorted(models.MODEL_SIZES), 'Model size.')
+
+
+def _main(positional):
+  if positional:
+    raise UserError(f'unexpected arguments: {" ".join(positional)}')
+  rows = memory_table(flags.FLAGS.size)
   width = max(len(r[0]) for r in rows)
   print(f'{"setting":<{width}}  {"MiB":>8}  {"bytes":>11}  ratio')
   for name, nbytes in rows:
     print(f'{name:<{width}}  {nbytes / MIB:8.1f}  {nbytes:11d}  {rows[0][1] / nbytes:5.1f}x')
 
+
+def main(argv=None):
+  cli.run_command(_main, sys.argv[1:] if argv is None else argv, 'python -m bitmaps_jax memory')
 
 if __name__ == '__main__':
   main()

@@ -4,11 +4,14 @@ tokens at [MASK] (MLM), computed from the file's bits.
     python -m bitmaps_jax predict MODEL_FILE --vocab RUN/vocab.txt "a sentence" ...
 """
 
-import argparse
+import sys
+
+from absl import flags
 
 import numpy as np
 
-from bitmaps_jax.errors import exit_on_user_error
+from bitmaps_jax import cli
+from bitmaps_jax.errors import UserError
 from bitmaps_jax.model.packed import PackedModel
 from bitmaps_jax.tasks.tokenizer import load_tokenizer
 
@@ -34,20 +37,21 @@ def predict(model: PackedModel, tokenizer, sentences, max_seq_length: int = 128)
   return rows
 
 
-@exit_on_user_error
-def main(argv=None):
-  parser = argparse.ArgumentParser(prog='python -m bitmaps_jax predict',
-                                   description=__doc__.split('\n')[0])
-  parser.add_argument('model_file')
-  parser.add_argument('sentences', nargs='+')
-  parser.add_argument('--vocab', required=True, help='vocab.txt or HF tokenizer directory')
-  parser.add_argument('--max_seq_length', type=int, default=128)
-  args = parser.parse_args(argv)
-  model = PackedModel.load(args.model_file)
-  for sentence, prediction in predict(model, load_tokenizer(args.vocab), args.sentences,
-                                      args.max_seq_length):
+flags.DEFINE_string('vocab', None, 'vocab.txt or HF tokenizer directory (e.g. RUN/vocab.txt).')
+flags.DEFINE_integer('max_seq_length', 128, 'Longest input, in tokens.')
+
+
+def _main(positional):
+  if len(positional) < 2 or not flags.FLAGS.vocab:
+    raise UserError('usage: python -m bitmaps_jax predict MODEL_FILE --vocab=VOCAB SENTENCE ...')
+  model = PackedModel.load(positional[0])
+  for sentence, prediction in predict(model, load_tokenizer(flags.FLAGS.vocab), positional[1:],
+                                      flags.FLAGS.max_seq_length):
     print(f'{prediction}\t{sentence}')
 
+
+def main(argv=None):
+  cli.run_command(_main, sys.argv[1:] if argv is None else argv, 'python -m bitmaps_jax predict')
 
 if __name__ == '__main__':
   main()

@@ -1,7 +1,9 @@
 """orbax checkpoints under workdir/checkpoints: train state + a small JSON of loop state.
 
 orbax writes each step into a temporary directory and renames it when complete, so a crash
-mid-save leaves the previous checkpoint as the latest readable one.
+mid-save leaves the previous checkpoint as the latest readable one. A checkpoint damaged later
+(a truncated or deleted file) is set aside by `restore_latest`, which falls back to the newest
+one that restores.
 """
 
 import os
@@ -10,6 +12,11 @@ import jax
 import orbax.checkpoint as ocp
 
 from bitmaps_jax.errors import UserError
+
+
+# Files every finished checkpoint has (the state is written with OCDBT).
+REQUIRED_FILES = ('_CHECKPOINT_METADATA', 'state/_METADATA', 'state/manifest.ocdbt',
+                  'meta/metadata')
 
 
 def has_checkpoints(directory: str) -> bool:
@@ -51,6 +58,50 @@ class CheckpointStore:
       raise UserError(f'{self.directory}/{step}: checkpoint does not match this model '
                       f'({type(e).__name__}: {str(e).splitlines()[0][:200]})') from None
     return out['state'], out['meta']
+
+  def restore_latest(self, target_state, report=print):
+    """(step, state, meta) of the newest checkpoint that restores, or None when there is none.
+
+    A checkpoint whose files cannot be read is reported in one line and renamed
+    `damaged-STEP` (nothing is deleted); one that reads but does not fit `target_state` is
+    another model's, a `UserError`.
+    """
+    while True:
+      step = self.latest_step()
+      if step is None:
+        return None
+      missing = [f for f in REQUIRED_FILES
+                 if not os.path.isfile(os.path.join(self.directory, str(step), f))]
+      if missing:  # checked here: orbax's own failure on these is a page of asyncio noise
+        reason = f'missing {", ".join(missing)}'
+      else:
+        try:
+          state, meta = self.restore(step, target_state)
+          return step, state, meta
+        except Exception as e:  # orbax and tensorstore raise many types for damaged files
+          if self._params_readable(step):
+            raise
+          reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+          reason = reason.split(' See full')[0][:160]
+      aside = self._set_aside(step)
+      report(f'{self.directory}/{step}: damaged checkpoint ({reason}); set aside as '
+             f'{aside}, trying the previous one')
+
+  def _params_readable(self, step) -> bool:
+    try:
+      jax.block_until_ready(self.restore_params(step))
+      return True
+    except Exception:  # noqa: BLE001 -- any failure to read means damage
+      return False
+
+  def _set_aside(self, step) -> str:
+    name, n = f'damaged-{step}', 1
+    while os.path.exists(os.path.join(self.directory, name)):
+      n += 1
+      name = f'damaged-{step}-{n}'
+    os.rename(os.path.join(self.directory, str(step)), os.path.join(self.directory, name))
+    self.manager.reload()
+    return name
 
   def restore_params(self, step=None):
     """The 'params' subtree of a checkpoint, without knowing its optimizer, placed on this

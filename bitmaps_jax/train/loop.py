@@ -7,6 +7,8 @@ the rest: optimizer, data-parallel steps, checkpoints and resume, logging.
 
 import dataclasses
 import queue
+import signal
+import sys
 import threading
 import time
 from typing import Any, Callable, Iterable, Optional
@@ -26,6 +28,44 @@ from bitmaps_jax.train.rundir import RunDir
 
 class NonFiniteError(UserError):
   """A step produced a non-finite loss or gradient."""
+
+
+class Preempted(Exception):
+  """SIGTERM or SIGINT arrived: the current step finished and a checkpoint was saved."""
+
+
+class StopSignal:
+  """Notes SIGTERM / SIGINT (a preemptible TPU VM gets SIGTERM ~30 s before it goes) so the
+  loop can finish its step and save. On several hosts JAX's preemption sync point makes them
+  all stop at the same step."""
+
+  def __init__(self):
+    self.received = None
+    self._previous = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._note)
+    return self
+
+  def _note(self, signum, frame):
+    self.received = signal.Signals(signum).name
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+  def should_stop(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      try:
+        if multihost_utils.reached_preemption_sync_point(step):
+          self.received = self.received or 'SIGTERM'
+          return True
+      except RuntimeError:  # no preemption service (e.g. CPU test clusters)
+        pass
+    return self.received is not None
 
 
 @dataclasses.dataclass
@@ -157,9 +197,20 @@ def train_and_evaluate(config, workdir: str, task: Task) -> dict:
                                async_save=config.get('async_checkpoints', False))
   dropout_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
   start = 0
-  latest = store.latest_step()
-  if latest is not None:
-    state, meta = store.restore(latest, state)
+  had_checkpoints = store.latest_step() is not None
+  try:
+    restored = store.restore_latest(state, report=lambda m: print(m, file=sys.stderr)
+                                    if is_main else None)
+  except BaseException:
+    store.close()
+    raise
+  if had_checkpoints and restored is None:
+    store.close()
+    raise UserError(f'{store.directory}: no checkpoint could be restored (each was set aside '
+                    f'as damaged-STEP); move them away to start over')
+  latest = None
+  if restored is not None:
+    latest, state, meta = restored
     start = int(meta['step'])
     dropout_key = jnp.asarray(np.asarray(meta['dropout_key'], np.uint32))
   reporter = reporting.Reporter(workdir, total, enabled=is_main, resume_step=start)
@@ -193,7 +244,9 @@ def train_and_evaluate(config, workdir: str, task: Task) -> dict:
   log, log_shapes, t_last, skipped_total = None, None, time.time(), 0
   prefetch = Prefetcher(lambda step: parallel.global_batch(mesh, task.train_batch(step)),
                         start, total, depth=config.get('prefetch_batches', 2))
+  stop = StopSignal()
   try:
+    stop.__enter__()
     for _ in range(start, total):
       step, batch = prefetch.next()
       done = step + 1
@@ -234,7 +287,17 @@ def train_and_evaluate(config, workdir: str, task: Task) -> dict:
         t_last = time.time()
       if boundary:
         save(done)
+      if done < total and stop.should_stop(done):
+        check_finite(jax.device_get(log) if log is not None else {'first_bad': -1})
+        if not boundary:
+          save(done)
+        store.wait()
+        store.close()
+        reporter.close()
+        raise Preempted(f'{stop.received}: stopped after step {done}; checkpoint '
+                        f'{store.directory}/{done} saved; run the same command to resume')
   finally:
+    stop.__exit__()
     prefetch.close()
   if start >= total:
     valid = evaluate(task, state.params, eval_step, mesh, teacher)

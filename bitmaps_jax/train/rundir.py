@@ -8,11 +8,15 @@
     RUN/tensorboard/        TensorBoard summaries
     RUN/train_val_loss.png  the loss plot
     RUN/eval_<split>.json   eval.py's results
+    RUN/run.lock            held while a process writes into the run
 """
 
+import contextlib
 import json
 import os
 import shutil
+import socket
+import time
 
 import ml_collections
 
@@ -27,6 +31,7 @@ CHECKPOINTS = 'checkpoints'
 METRICS = 'metrics.jsonl'
 TENSORBOARD = 'tensorboard'
 LOSS_PLOT = 'train_val_loss.png'
+LOCK = 'run.lock'
 
 # Fields that decide the shapes of the params; a checkpoint only fits a model that shares them.
 SHAPE_FIELDS = ('architecture', 'vocab_size', 'hidden_size', 'num_hidden_layers',
@@ -46,6 +51,16 @@ def _write_atomic(path: str, text: str):
   with open(tmp, 'w') as f:
     f.write(text)
   os.replace(tmp, path)
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
 
 
 class RunDir:
@@ -139,7 +154,7 @@ class RunDir:
   def write_run_files(self, config, model_cfg: BertConfig, vocab_source: str):
     """What a later eval.py, export or init_checkpoint needs: the model and training configs
     and the vocabulary."""
-    os.makedirs(self.path, exist_ok=True)
+    self.create()
     _write_atomic(self.file(MODEL_CONFIG), json.dumps(model_cfg.to_dict(), indent=2))
     _write_atomic(self.file(TRAIN_CONFIG), config.to_json(indent=2))
     src = vocab_source if os.path.isfile(vocab_source) else os.path.join(vocab_source, VOCAB)
@@ -150,3 +165,64 @@ class RunDir:
     path = self.file(name)
     _write_atomic(path, json.dumps(obj, indent=2))
     return path
+
+  # ------------------------------------------------------------------------- the lock
+
+  def create(self):
+    """Makes the directory, or says in one line why it cannot be written."""
+    if os.path.exists(self.path) and not os.path.isdir(self.path):
+      raise UserError(f'{self.path}: workdir is a file, not a directory')
+    try:
+      os.makedirs(self.path, exist_ok=True)
+    except OSError as e:
+      raise UserError(f'{self.path}: cannot create the workdir ({e.strerror})') from None
+    if not os.access(self.path, os.W_OK | os.X_OK):
+      raise UserError(f'{self.path}: workdir is not writable')
+
+  @contextlib.contextmanager
+  def lock(self, what: str = 'train'):
+    """Holds RUN/run.lock so that one process at a time writes into the run. A lock left by
+    a process that no longer runs on this host (killed with kill -9) is taken over."""
+    self.create()
+    path = self.file(LOCK)
+    mine = {'pid': os.getpid(), 'host': socket.gethostname(), 'what': what,
+            'since': time.strftime('%Y-%m-%d %H:%M:%S')}
+    for _ in range(3):
+      try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+      except FileExistsError:
+        self._check_stale(path)
+        continue
+      with os.fdopen(fd, 'w') as f:
+        json.dump(mine, f)
+      break
+    else:
+      raise UserError(f'{path}: could not take the run lock')
+    try:
+      yield
+    finally:
+      try:
+        with open(path) as f:
+          if json.load(f).get('pid') == mine['pid']:
+            os.remove(path)
+      except (OSError, ValueError):
+        pass
+
+  def _check_stale(self, path: str):
+    """Raises if the lock's holder still runs; removes a stale lock."""
+    try:
+      with open(path) as f:
+        other = json.load(f)
+    except (OSError, ValueError):
+      other = {}
+    pid, host = other.get('pid'), other.get('host')
+    if isinstance(pid, int) and host == socket.gethostname() and _pid_alive(pid):
+      raise UserError(f'{self.path}: in use by process {pid} ({other.get("what", "run")} since '
+                      f'{other.get("since", "?")}); wait for it or use another workdir')
+    if isinstance(pid, int) and host and host != socket.gethostname():
+      raise UserError(f'{self.path}: in use by process {pid} on host {host}; if that run has '
+                      f'ended, delete {path}')
+    try:
+      os.remove(path)  # stale: its process is gone
+    except FileNotFoundError:
+      pass

@@ -49,8 +49,15 @@ def read_tsv(task: GlueTask, path: str, split: str) -> Examples:
   if not os.path.isfile(path):
     raise UserError(f'{path}: {split} split file not found')
   sentences, labels, idx = [], [], []
-  with open(path, encoding='utf-8', newline='') as f:
-    lines = f.read().split('\n')
+  with open(path, 'rb') as f:
+    raw_lines = f.read().split(b'\n')
+  lines = []
+  for n, raw_line in enumerate(raw_lines, start=1):
+    try:
+      lines.append(raw_line.decode('utf-8'))
+    except UnicodeDecodeError as e:
+      raise UserError(f'{path}:{n}: not UTF-8 text (byte {raw_line[e.start:e.start + 1]!r} at '
+                      f'column {e.start + 1})') from None
   if lines and lines[-1] == '':
     lines.pop()
   is_test = split == 'test'

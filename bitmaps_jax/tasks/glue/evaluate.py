@@ -108,9 +108,23 @@ def evaluate_run(run_dir: str, config, split: str, packed_file: str = '') -> dic
   out['checkpoint_step'] = None if step is None else int(step)
   if packed_file:
     out['packed_file'] = packed_file
-  if jax.process_index() == 0:
-    name = f'eval_{split}{"_packed" if packed_file else ""}.json'
-    if (examples.labels < 0).all():
-      out['submission_file'] = write_submission(task, run_dir, examples.idx, logits)
-    out['written'] = run.write_json(name, out)
+  out['_predictions'] = (task, examples.idx, logits, (examples.labels < 0).all())
   return out
+
+
+def write_results(run_dir: str, split: str, out: dict) -> list:
+  """Writes eval_<split>[_packed].json and, for unlabeled (test) splits, the GLUE submission
+  file; returns the paths. A write that fails is one line naming the file."""
+  task, idx, logits, unlabeled = out.pop('_predictions')
+  if jax.process_index() != 0:
+    return []
+  run = RunDir(run_dir)
+  name = f'eval_{split}{"_packed" if out.get("packed_file") else ""}.json'
+  written = []
+  try:
+    if unlabeled:
+      written.append(write_submission(task, run_dir, idx, logits))
+    written.append(run.write_json(name, out))
+  except OSError as e:
+    raise UserError(f'{e.filename or run_dir}: cannot write the results ({e.strerror})') from None
+  return written

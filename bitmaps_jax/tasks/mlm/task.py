@@ -4,11 +4,13 @@ import os
 import tempfile
 
 import jax
+import numpy as np
 
 from bitmaps_jax.errors import UserError
 from bitmaps_jax.model import bert
 from bitmaps_jax.tasks import tokenizer as tokenizers
 from bitmaps_jax.tasks.mlm import data as mlm_data
+from bitmaps_jax.tasks.mlm import prepared
 from bitmaps_jax.train import initial_model, loop, metrics, parallel
 from bitmaps_jax.train.rundir import VOCAB, RunDir
 
@@ -39,7 +41,24 @@ def load_documents(data_cfg, seed: int):
     docs = mlm_data.read_tfds_documents(data_cfg.tfds_name, data_cfg.tfds_split,
                                         data_cfg.get('tfds_data_dir'), data_cfg.max_documents)
     return mlm_data.split_validation(docs, data_cfg.validation_fraction)
-  raise UserError(f'config.data.source must be builtin, text or tfds, got {source!r}')
+  raise UserError(f'config.data.source must be builtin, text, tfds or prepared, got {source!r}')
+
+
+def _vocabulary(config, run: RunDir, train_docs, is_main: bool) -> str:
+  """The tokenizer's vocab: configured, the init checkpoint's, or learned from the corpus."""
+  vocab_source = tokenizers.tokenizer_source(config)
+  if vocab_source is None and run.is_run() and os.path.isfile(run.vocab_file):
+    saved = run.train_config().get('data', {}).get('vocab_size')
+    if saved != config.data.vocab_size:
+      raise UserError(f'config.data.vocab_size {config.data.vocab_size}: {run.vocab_file} was '
+                      f'learned with vocab_size {saved}; use another workdir or the same value')
+  if vocab_source is None:
+    vocab_dir = run.path if is_main else tempfile.mkdtemp()
+    os.makedirs(vocab_dir, exist_ok=True)
+    vocab_source = os.path.join(vocab_dir, VOCAB)
+    if not os.path.isfile(vocab_source):
+      mlm_data.train_wordpiece_vocab(train_docs, config.data.vocab_size, vocab_source)
+  return vocab_source
 
 
 def build_task(config, workdir: str):
@@ -47,15 +66,19 @@ def build_task(config, workdir: str):
   is_main = jax.process_index() == 0
   if not 0 < config.mask_prob < 1:
     raise UserError(f'mask_prob must be in (0, 1), got {config.mask_prob}')
-  train_docs, valid_docs = load_documents(config.data, config.seed)
   run = RunDir(workdir)
-  vocab_source = tokenizers.tokenizer_source(config)
-  if vocab_source is None:
-    vocab_dir = workdir if is_main else tempfile.mkdtemp()
-    os.makedirs(vocab_dir, exist_ok=True)
-    vocab_source = os.path.join(vocab_dir, VOCAB)
-    if not os.path.isfile(vocab_source):
-      mlm_data.train_wordpiece_vocab(train_docs, config.data.vocab_size, vocab_source)
+  corpus = None
+  if config.data.source == 'prepared':
+    if not config.data.get('prepared_dir'):
+      raise UserError('config.data.prepared_dir is empty (data.source=prepared)')
+    corpus = prepared.PreparedCorpus(config.data.prepared_dir)
+    if corpus.max_seq_length != config.max_seq_length:
+      raise UserError(f'{corpus.path}: prepared with max_seq_length {corpus.max_seq_length}, '
+                      f'the config has {config.max_seq_length}')
+    vocab_source = config.get('tokenizer') or corpus.vocab_file
+  else:
+    train_docs, valid_docs = load_documents(config.data, config.seed)
+    vocab_source = _vocabulary(config, run, train_docs, is_main)
   tokenizer = tokenizers.load_tokenizer_for_packing(vocab_source)
   model_cfg, params = initial_model.load(config, 'BertForMaskedLM', vocab_size=len(tokenizer))
   if model_cfg.vocab_size < len(tokenizer):
@@ -65,15 +88,25 @@ def build_task(config, workdir: str):
   if is_main:
     run.write_run_files(config, model_cfg, vocab_source)
 
-  train_windows = mlm_data.pack_windows(train_docs, tokenizer, config.max_seq_length)
-  valid_windows = mlm_data.pack_windows(valid_docs, tokenizer, config.max_seq_length)
   spec = mlm_data.MaskingSpec(
       vocab_size=len(tokenizer), mask_token_id=tokenizer.mask_token_id,
       special_ids=tuple(tokenizer.all_special_ids), mask_prob=config.mask_prob,
       max_predictions=mlm_data.num_predictions(config.max_seq_length, config.mask_prob))
   global_batch = parallel.global_batch_size(config)
   pid, nproc = jax.process_index(), jax.process_count()
-  batches = mlm_data.MLMBatches(train_windows, spec, global_batch, config.seed, pid, nproc)
+  if corpus is not None:
+    batches = prepared.PreparedMLMBatches(corpus.train, spec, global_batch, config.seed, pid,
+                                          nproc)
+    n_valid = len(corpus.valid)
+    if config.eval_batches:
+      n_valid = min(n_valid, config.eval_batches * global_batch)
+    valid_windows = corpus.valid.take(np.arange(n_valid)).astype(np.int32)
+    n_train = len(corpus.train)
+  else:
+    train_windows = mlm_data.pack_windows(train_docs, tokenizer, config.max_seq_length)
+    valid_windows = mlm_data.pack_windows(valid_docs, tokenizer, config.max_seq_length)
+    batches = mlm_data.MLMBatches(train_windows, spec, global_batch, config.seed, pid, nproc)
+    n_train = len(train_windows)
   model = bert.build_model(model_cfg)
 
   def batch_metrics(params, batch, rng, train, teacher=None):
@@ -90,7 +123,7 @@ def build_task(config, workdir: str):
                                                  config.eval_batches, pid, nproc),
       items_per_step=global_batch * config.max_seq_length, unit='tok')
   if is_main:
-    print(f'MLM: {len(train_windows)} train / {len(valid_windows)} valid windows of '
+    print(f'MLM: {n_train} train / {len(valid_windows)} valid windows of '
           f'{config.max_seq_length} tokens, {batches.steps_per_epoch} steps per epoch, '
           f'global batch {global_batch} on {jax.device_count()} devices; model '
           f'{model_cfg.num_hidden_layers}x{model_cfg.hidden_size}, binarize '

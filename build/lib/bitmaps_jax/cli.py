@@ -1,0 +1,101 @@
+"""Command-line plumbing of every entry point (train.py, eval.py, python -m bitmaps_jax ...):
+absl flags throughout, and mistakes end in one line.
+
+ml_collections applies `--config.field=value` overrides while the flag is being defined and
+loads the config file when it is first read; both raise tracebacks for the two commonest
+mistakes (a misspelt field, a wrong path), which these wrappers turn into `error: ...`, exit 2.
+"""
+
+import contextlib
+import sys
+
+from absl import flags
+from ml_collections import config_flags
+
+from bitmaps_jax.errors import exit_with_error
+
+
+def _first_line(e: Exception) -> str:
+  text = str(e).strip().strip('"\'').replace('\\n', '\n').replace("\\'", "'")
+  return ' '.join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _flag_for(argv, message: str) -> str:
+  """The --config.x=y argument a config error is about (the first whose field it names)."""
+  flags = [a for a in argv if a.startswith('--config.')]
+  for flag in flags:
+    field = flag.split('=', 1)[0][len('--config.'):]
+    if any(f"'{part}'" in message for part in field.split('.')):
+      return flag
+  return flags[0] if len(flags) == 1 else '--config'
+
+
+def _define(define, *args, **kwargs):
+  try:
+    define(*args, **kwargs)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    message = _first_line(e)
+    exit_with_error(f'{_flag_for(sys.argv, message)}: unknown config field {message}')
+
+
+def define_config_file(name: str, default: str, help_string: str):
+  _define(config_flags.DEFINE_config_file, name, default, help_string, lock_config=True)
+
+
+def define_config_dict(name: str, config, help_string: str):
+  _define(config_flags.DEFINE_config_dict, name, config, help_string)
+
+
+def read_config(name: str = 'config'):
+  """The flag's config, or one line naming the config file that could not be loaded."""
+  try:
+    config = getattr(flags.FLAGS, name)
+    config.keys()  # a config that failed to load raises on first use
+    return config
+  except Exception as e:  # ml_collections wraps every load failure (missing file, bad code)
+    reason = [l.strip() for l in str(e).splitlines() if l.strip().startswith('[Errno')]
+    exit_with_error(f'--{name}: cannot load the config file ({reason[0] if reason else _first_line(e)})')
+
+
+def train(config, workdir: str) -> dict:
+  """What train.py runs: the config's task. A user's mistake ends in one line, exit 2; SIGTERM
+  or SIGINT ends it after a checkpoint, with one line, exit 0."""
+  import jax
+  from absl import logging
+  from bitmaps_jax import tasks
+  from bitmaps_jax.errors import UserError
+  from bitmaps_jax.train import loop
+  from bitmaps_jax.train.rundir import RunDir
+  logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  try:
+    # One run per workdir; on several hosts, process 0 holds the lock for all of them.
+    with RunDir(workdir).lock('train') if jax.process_index() == 0 else _nothing():
+      result = tasks.run(config, workdir)
+  except UserError as e:
+    exit_with_error(e)
+  except loop.Preempted as e:
+    if jax.process_index() == 0:
+      print(e, file=sys.stderr)
+    sys.exit(0)
+  if jax.process_index() == 0:
+    print('final valid ' + ' '.join(f'{k} {v:.4f}' for k, v in result.items()))
+  return result
+
+
+@contextlib.contextmanager
+def _nothing():
+  yield
+
+
+def run_command(main, argv, prog: str):
+  """Parses absl flags from `argv` (without the program name) and calls main(positional args).
+  Used by the `python -m bitmaps_jax` commands; a bad flag is one line, exit 2."""
+  from bitmaps_jax.errors import UserError
+  flags.FLAGS.unparse_flags()
+  try:
+    positional = flags.FLAGS([prog] + list(argv))[1:]
+    return main(positional)
+  except flags.Error as e:
+    exit_with_error(f'{prog}: {e}')
+  except UserError as e:
+    exit_with_error(e)

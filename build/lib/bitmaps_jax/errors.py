@@ -1,0 +1,30 @@
+"""User-facing errors: one clear line, no traceback."""
+
+import functools
+import sys
+
+
+class UserError(Exception):
+  """A mistake the user can fix (bad path, bad config, bad file).
+
+  Command-line entry points catch it and print its message as a single line.
+  """
+
+
+def exit_with_error(message) -> None:
+  """Ends the process the way every entry point reports a user's mistake: one line, status 2."""
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def exit_on_user_error(main):
+  """Wraps a CLI main so a `UserError` ends the process with one line and exit code 2."""
+
+  @functools.wraps(main)
+  def wrapped(*args, **kwargs):
+    try:
+      return main(*args, **kwargs)
+    except UserError as e:
+      exit_with_error(e)
+
+  return wrapped

@@ -1,0 +1,160 @@
+"""The packed model file: 1 bit per binary weight, every other tensor in 16 bits, plus the config.
+
+Layout: 8-byte magic, 4-byte CRC32 of the body, 8-byte body length, then a msgpack body
+{'config': json, 'float_dtype': str, 'tensors': {'a/b/kernel': array or packed signs}}.
+The CRC and length catch truncated or damaged files before anything is decoded.
+"""
+
+import json
+import os
+import struct
+import zlib
+
+import jax
+import jax.numpy as jnp
+import msgpack
+import numpy as np
+from flax import traverse_util
+
+from bitmaps_jax.binary.packing import pack_signs, unpack_signs
+from bitmaps_jax.errors import UserError
+from bitmaps_jax.model import bert, binary_params
+from bitmaps_jax.model.bert import BertConfig
+
+MAGIC = b'BITMAPS1'
+_HEADER = struct.Struct('<8sIQ')
+FLOAT_DTYPES = ('float16', 'bfloat16', 'float32')
+
+
+def _array_record(a: np.ndarray) -> dict:
+  return {'dtype': a.dtype.name, 'shape': list(a.shape), 'data': a.tobytes()}
+
+
+def _array_from_record(r: dict) -> np.ndarray:
+  dtype = jnp.dtype(r['dtype'])  # jnp.dtype knows bfloat16
+  return np.frombuffer(r['data'], dtype=dtype).reshape(r['shape'])
+
+
+def packed_bytes(config: BertConfig, params, float_dtype: str = 'float16') -> bytes:
+  """Serializes `params` of `config` into the packed format, returning the file's bytes."""
+  if float_dtype not in FLOAT_DTYPES:
+    raise UserError(f'float_dtype {float_dtype!r} is not one of {", ".join(FLOAT_DTYPES)}')
+  stored, flat, binary = binary_params.packed_form(config, params)
+  tensors = {}
+  for path, w in flat.items():
+    key = '/'.join(path)
+    if path in binary:
+      tensors[key] = {'packed_signs': np.asarray(pack_signs(w)).tobytes(),
+                      'shape': list(w.shape)}
+    else:
+      tensors[key] = _array_record(np.asarray(w).astype(jnp.dtype(float_dtype)))
+  body = msgpack.packb({'config': json.dumps(stored.to_dict()),
+                        'float_dtype': float_dtype, 'tensors': tensors}, use_bin_type=True)
+  return _HEADER.pack(MAGIC, zlib.crc32(body), len(body)) + body
+
+
+def save_packed(config: BertConfig, params, path: str, float_dtype: str = 'float16') -> int:
+  """Writes the packed file atomically (temp file + rename). Returns its size in bytes."""
+  data = packed_bytes(config, params, float_dtype)
+  tmp = path + '.tmp'
+  with open(tmp, 'wb') as f:
+    f.write(data)
+  os.replace(tmp, path)
+  return len(data)
+
+
+def read_packed(path: str):
+  """(config, {path: record}) of a packed file, checked; records are still packed."""
+  if not os.path.isfile(path):
+    raise UserError(f'{path}: packed model file not found')
+  with open(path, 'rb') as f:
+    data = f.read()
+  if len(data) < _HEADER.size or data[:8] != MAGIC:
+    raise UserError(f'{path}: not a bitmaps-jax packed model (bad header)')
+  _, crc, length = _HEADER.unpack(data[:_HEADER.size])
+  body = data[_HEADER.size:]
+  if len(body) != length:
+    raise UserError(f'{path}: truncated or padded packed model ({len(body)} of {length} bytes)')
+  if zlib.crc32(body) != crc:
+    raise UserError(f'{path}: corrupt packed model (checksum mismatch)')
+  try:
+    payload = msgpack.unpackb(body, raw=False)
+    config = BertConfig.from_dict(json.loads(payload['config']))
+    records = {tuple(k.split('/')): r for k, r in payload['tensors'].items()}
+  except Exception as e:  # a well-checksummed file from another tool or version
+    raise UserError(f'{path}: unreadable packed model ({type(e).__name__}: {e})') from None
+  expected = traverse_util.flatten_dict(bert.param_shapes(config))
+  if set(expected) != set(records):
+    raise UserError(f'{path}: tensors do not match the stored config')
+  return config, records
+
+
+def _is_signs(record) -> bool:
+  return 'packed_signs' in record
+
+
+def load_packed(path: str):
+  """(config, params) from a packed file; binary weights come back as +-1 latent weights,
+  which the model binarizes to themselves."""
+  config, records = read_packed(path)
+  flat = {}
+  for key, rec in records.items():
+    if _is_signs(rec):
+      packed = np.frombuffer(rec['packed_signs'], np.uint8)
+      flat[key] = unpack_signs(packed, tuple(rec['shape']), config.params_dtype)
+    else:
+      flat[key] = jnp.asarray(_array_from_record(rec), config.params_dtype)
+  return config, traverse_util.unflatten_dict(flat)
+
+
+class PackedModel:
+  """A model that runs from the packed file's bits: binary weights stay packed (uint8, 1 bit
+  per weight) in device memory and are unpacked inside the jitted forward pass; the other
+  weights stay in the file's 16 bits.
+
+      model = PackedModel.load('model.bmp')
+      logits = model(input_ids, attention_mask, token_type_ids)
+  """
+
+  def __init__(self, config: BertConfig, records: dict):
+    self.config = config
+    self.shapes = {k: tuple(r['shape']) for k, r in records.items() if _is_signs(r)}
+    self.arrays = {'/'.join(k): jnp.asarray(np.frombuffer(r['packed_signs'], np.uint8))
+                   if _is_signs(r) else jnp.asarray(_array_from_record(r))
+                   for k, r in records.items()}
+    module = bert.build_model(config)
+    shapes = {'/'.join(k): s for k, s in self.shapes.items()}
+    compute = config.params_dtype
+
+    def forward(arrays, input_ids, attention_mask, token_type_ids):
+      flat = {tuple(k.split('/')): unpack_signs(v, shapes[k], compute) if k in shapes
+              else v.astype(compute) for k, v in arrays.items()}
+      return module.apply({'params': traverse_util.unflatten_dict(flat)}, input_ids,
+                          attention_mask, token_type_ids, deterministic=True)
+
+    self._forward = jax.jit(forward)
+
+  @classmethod
+  def load(cls, path: str) -> 'PackedModel':
+    return cls(*read_packed(path))
+
+  @property
+  def nbytes(self) -> int:
+    """Bytes of the weights as held in memory."""
+    return sum(int(v.nbytes) for v in self.arrays.values())
+
+  def _inputs(self, input_ids, attention_mask, token_type_ids):
+    input_ids = jnp.asarray(input_ids)
+    if attention_mask is None:
+      attention_mask = jnp.ones_like(input_ids)
+    if token_type_ids is None:
+      token_type_ids = jnp.zeros_like(input_ids)
+    return self.arrays, input_ids, attention_mask, token_type_ids
+
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None):
+    """The model's output (logits for the MLM and classifier heads) from the packed bits."""
+    return self._forward(*self._inputs(input_ids, attention_mask, token_type_ids))
+
+  def lower(self, input_ids, attention_mask=None, token_type_ids=None):
+    """The lowered forward pass (for its compiled memory analysis)."""
+    return self._forward.lower(*self._inputs(input_ids, attention_mask, token_type_ids))

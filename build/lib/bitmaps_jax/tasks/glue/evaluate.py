@@ -1,0 +1,130 @@
+"""GLUE predictions and metrics: used during fine-tuning and by eval.py."""
+
+import csv
+import json
+import os
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from bitmaps_jax.errors import UserError
+from bitmaps_jax.model import bert
+from bitmaps_jax.tasks import tokenizer as tokenizers
+from bitmaps_jax.tasks.glue import data as glue_data
+from bitmaps_jax.tasks.glue.distill import cross_entropy
+from bitmaps_jax.train import metrics, parallel
+from bitmaps_jax.train.rundir import RunDir
+
+
+def make_logits_step(model, mesh):
+  """A jitted data-parallel forward pass returning per-example logits."""
+  def logits_fn(p, batch):
+    return model.apply({'params': p}, batch['input_ids'], batch['attention_mask'],
+                       batch['token_type_ids'], deterministic=True)
+
+  return parallel.make_predict_step(logits_fn, mesh)
+
+
+def predict_logits(logits_step, params, token_ids, labels, global_batch_size, max_seq_length,
+                   mesh):
+  """Logits (num_examples, num_labels) in the examples' order, from all devices and hosts."""
+  out = None
+  for batch, rows in glue_data.eval_batches(token_ids, labels, global_batch_size, max_seq_length,
+                                            jax.process_index(), jax.process_count()):
+    logits = logits_step(params, parallel.global_batch(mesh, batch))
+    logits = (np.asarray(logits) if jax.process_count() == 1
+              else multihost_utils.process_allgather(logits, tiled=True))
+    if out is None:
+      out = np.zeros((len(token_ids), logits.shape[-1]), np.float32)
+    out[rows] = logits[:len(rows)]
+  return out
+
+
+def classification_metrics(task: glue_data.GlueTask, logits, labels) -> dict:
+  """accuracy, MCC (CoLA), loss, and the predicted-label distribution."""
+  preds = np.argmax(logits, axis=-1)
+  out = {'accuracy': float(np.mean(preds == labels)),
+         'loss': float(np.mean(cross_entropy(logits, labels)))}
+  if task.primary_metric == 'mcc':
+    out['mcc'] = metrics.matthews_corrcoef(labels, preds)
+  for k in range(task.num_labels):
+    out[f'pred_frac_{k}'] = float(np.mean(preds == k))
+  return out
+
+
+def report(task: glue_data.GlueTask, split: str, logits, labels) -> dict:
+  """Metrics plus the predicted-label counts and confusion matrix (rows: true label)."""
+  preds = np.argmax(logits, axis=-1)
+  out = {'task': task.name, 'split': split, 'num_examples': int(len(preds)),
+         'predicted_label_counts': np.bincount(preds, minlength=task.num_labels).tolist()}
+  if (labels >= 0).all():
+    out.update(classification_metrics(task, logits, labels))
+    out['confusion_matrix'] = metrics.confusion_matrix(labels, preds, task.num_labels).tolist()
+  return out
+
+
+def write_submission(task: glue_data.GlueTask, out_dir: str, idx, logits) -> str:
+  """GLUE-submission file: `index<TAB>prediction` rows under a header."""
+  path = os.path.join(out_dir, task.submission_file)
+  with open(path, 'w', newline='') as f:
+    w = csv.writer(f, delimiter='\t', lineterminator='\n')
+    w.writerow(['index', 'prediction'])
+    for i, p in sorted(zip(idx.tolist(), np.argmax(logits, -1).tolist())):
+      w.writerow([i, p])
+  return path
+
+
+def evaluate_run(run_dir: str, config, split: str, packed_file: str = '') -> dict:
+  """Evaluates a fine-tuning run's latest checkpoint (or the packed model file made from it)
+  on `split`; writes eval_<split>.json and, for unlabeled (test) splits, the GLUE submission
+  file."""
+  run = RunDir(run_dir)
+  if config.get('task') != 'glue':
+    raise UserError(f'{run_dir}: not a GLUE fine-tuning run (task {config.get("task", "mlm")!r})')
+  task = glue_data.get_task(config.task_name)
+  tokenizer = tokenizers.load_tokenizer(run.vocab_file)
+  examples = glue_data.load_split(task, split, config.data_dir, config.tfds_data_dir)
+  token_ids = glue_data.tokenize(examples, tokenizer, config.max_seq_length)
+  mesh = parallel.data_mesh()
+  if packed_file:
+    from bitmaps_jax.model import packed
+    model = packed.PackedModel.load(packed_file)
+    # The packed model runs on one device: the rows come back to the host first.
+    run_packed = lambda _, batch: model(*(np.asarray(batch[k]) for k in (
+        'input_ids', 'attention_mask', 'token_type_ids')))
+    logits = predict_logits(run_packed, None, token_ids,
+                            examples.labels, parallel.global_batch_size(config),
+                            config.max_seq_length, mesh)
+    step = None
+  else:
+    model_cfg = run.model_config()
+    params, step = run.restore_params()
+    params = parallel.replicate(mesh, params)
+    logits = predict_logits(make_logits_step(bert.build_model(model_cfg), mesh), params,
+                            token_ids, examples.labels, parallel.global_batch_size(config),
+                            config.max_seq_length, mesh)
+  out = report(task, split, logits, examples.labels)
+  out['checkpoint_step'] = None if step is None else int(step)
+  if packed_file:
+    out['packed_file'] = packed_file
+  out['_predictions'] = (task, examples.idx, logits, (examples.labels < 0).all())
+  return out
+
+
+def write_results(run_dir: str, split: str, out: dict) -> list:
+  """Writes eval_<split>[_packed].json and, for unlabeled (test) splits, the GLUE submission
+  file; returns the paths. A write that fails is one line naming the file."""
+  task, idx, logits, unlabeled = out.pop('_predictions')
+  if jax.process_index() != 0:
+    return []
+  run = RunDir(run_dir)
+  name = f'eval_{split}{"_packed" if out.get("packed_file") else ""}.json'
+  written = []
+  try:
+    if unlabeled:
+      written.append(write_submission(task, run_dir, idx, logits))
+    written.append(run.write_json(name, out))
+  except OSError as e:
+    raise UserError(f'{e.filename or run_dir}: cannot write the results ({e.strerror})') from None
+  return written

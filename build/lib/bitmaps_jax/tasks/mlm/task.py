@@ -1,0 +1,137 @@
+"""Masked-language-model pretraining: the MLM task for the shared training loop."""
+
+import os
+import tempfile
+
+import jax
+import numpy as np
+
+from bitmaps_jax.errors import UserError
+from bitmaps_jax.model import bert
+from bitmaps_jax.tasks import tokenizer as tokenizers
+from bitmaps_jax.tasks.mlm import data as mlm_data
+from bitmaps_jax.tasks.mlm import prepared
+from bitmaps_jax.train import initial_model, loop, metrics, parallel
+from bitmaps_jax.train.rundir import VOCAB, RunDir
+
+
+def _files(value):
+  if not value:
+    return []
+  return [v.strip() for v in (value.split(',') if isinstance(value, str) else value) if v.strip()]
+
+
+def load_documents(data_cfg, seed: int):
+  """(train_docs, valid_docs) for the configured source."""
+  source = data_cfg.source
+  if source == 'builtin':
+    docs = mlm_data.builtin_documents(data_cfg.builtin_documents, seed=1234)
+    return mlm_data.split_validation(docs, data_cfg.validation_fraction)
+  if source == 'text':
+    train_files = _files(data_cfg.train_files)
+    if not train_files:
+      raise UserError('config.data.train_files is empty (data.source=text)')
+    train = [d for f in train_files for d in mlm_data.read_text_documents(f, data_cfg.text_format)]
+    valid_files = _files(data_cfg.valid_files)
+    if not valid_files:
+      return mlm_data.split_validation(train, data_cfg.validation_fraction)
+    valid = [d for f in valid_files for d in mlm_data.read_text_documents(f, data_cfg.text_format)]
+    return train, valid
+  if source == 'tfds':
+    docs = mlm_data.read_tfds_documents(data_cfg.tfds_name, data_cfg.tfds_split,
+                                        data_cfg.get('tfds_data_dir'), data_cfg.max_documents)
+    return mlm_data.split_validation(docs, data_cfg.validation_fraction)
+  raise UserError(f'config.data.source must be builtin, text, tfds or prepared, got {source!r}')
+
+
+def _vocabulary(config, run: RunDir, train_docs, is_main: bool) -> str:
+  """The tokenizer's vocab: configured, the init checkpoint's, or learned from the corpus."""
+  vocab_source = tokenizers.tokenizer_source(config)
+  if vocab_source is None and run.is_run() and os.path.isfile(run.vocab_file):
+    saved = run.train_config().get('data', {}).get('vocab_size')
+    if saved != config.data.vocab_size:
+      raise UserError(f'config.data.vocab_size {config.data.vocab_size}: {run.vocab_file} was '
+                      f'learned with vocab_size {saved}; use another workdir or the same value')
+  if vocab_source is None:
+    vocab_dir = run.path if is_main else tempfile.mkdtemp()
+    os.makedirs(vocab_dir, exist_ok=True)
+    vocab_source = os.path.join(vocab_dir, VOCAB)
+    if not os.path.isfile(vocab_source):
+      mlm_data.train_wordpiece_vocab(train_docs, config.data.vocab_size, vocab_source)
+  return vocab_source
+
+
+def build_task(config, workdir: str):
+  """(loop.Task, BertConfig) for MLM pretraining with `config`; writes the run's files."""
+  is_main = jax.process_index() == 0
+  if not 0 < config.mask_prob < 1:
+    raise UserError(f'mask_prob must be in (0, 1), got {config.mask_prob}')
+  run = RunDir(workdir)
+  corpus = None
+  if config.data.source == 'prepared':
+    if not config.data.get('prepared_dir'):
+      raise UserError('config.data.prepared_dir is empty (data.source=prepared)')
+    corpus = prepared.PreparedCorpus(config.data.prepared_dir)
+    if corpus.max_seq_length != config.max_seq_length:
+      raise UserError(f'{corpus.path}: prepared with max_seq_length {corpus.max_seq_length}, '
+                      f'the config has {config.max_seq_length}')
+    vocab_source = config.get('tokenizer') or corpus.vocab_file
+  else:
+    train_docs, valid_docs = load_documents(config.data, config.seed)
+    vocab_source = _vocabulary(config, run, train_docs, is_main)
+  tokenizer = tokenizers.load_tokenizer_for_packing(vocab_source)
+  model_cfg, params = initial_model.load(config, 'BertForMaskedLM', vocab_size=len(tokenizer))
+  if model_cfg.vocab_size < len(tokenizer):
+    raise UserError(f'tokenizer {vocab_source} has {len(tokenizer)} tokens, more than the '
+                    f'model\'s vocab_size {model_cfg.vocab_size}')
+  run.check_resumable(model_cfg)
+  if is_main:
+    run.write_run_files(config, model_cfg, vocab_source)
+
+  spec = mlm_data.MaskingSpec(
+      vocab_size=len(tokenizer), mask_token_id=tokenizer.mask_token_id,
+      special_ids=tuple(tokenizer.all_special_ids), mask_prob=config.mask_prob,
+      max_predictions=mlm_data.num_predictions(config.max_seq_length, config.mask_prob))
+  global_batch = parallel.global_batch_size(config)
+  pid, nproc = jax.process_index(), jax.process_count()
+  if corpus is not None:
+    batches = prepared.PreparedMLMBatches(corpus.train, spec, global_batch, config.seed, pid,
+                                          nproc)
+    n_valid = len(corpus.valid)
+    if config.eval_batches:
+      n_valid = min(n_valid, config.eval_batches * global_batch)
+    valid_windows = corpus.valid.take(np.arange(n_valid)).astype(np.int32)
+    n_train = len(corpus.train)
+  else:
+    train_windows = mlm_data.pack_windows(train_docs, tokenizer, config.max_seq_length)
+    valid_windows = mlm_data.pack_windows(valid_docs, tokenizer, config.max_seq_length)
+    batches = mlm_data.MLMBatches(train_windows, spec, global_batch, config.seed, pid, nproc)
+    n_train = len(train_windows)
+  model = bert.build_model(model_cfg)
+
+  def batch_metrics(params, batch, rng, train, teacher=None):
+    logits = model.apply({'params': params}, batch['input_ids'], batch['attention_mask'],
+                         batch['token_type_ids'], deterministic=not train,
+                         masked_positions=batch['masked_positions'],
+                         rngs={'dropout': rng} if train else {})
+    return metrics.masked_lm_sums(logits, batch['masked_labels'], batch['masked_weights'])
+
+  task = loop.Task(
+      model_config=model_cfg, params=params, batch_metrics=batch_metrics,
+      train_batch=batches.batch,
+      eval_batches=lambda: mlm_data.eval_batches(valid_windows, spec, global_batch,
+                                                 config.eval_batches, pid, nproc),
+      items_per_step=global_batch * config.max_seq_length, unit='tok')
+  if is_main:
+    print(f'MLM: {n_train} train / {len(valid_windows)} valid windows of '
+          f'{config.max_seq_length} tokens, {batches.steps_per_epoch} steps per epoch, '
+          f'global batch {global_batch} on {jax.device_count()} devices; model '
+          f'{model_cfg.num_hidden_layers}x{model_cfg.hidden_size}, binarize '
+          f'{model_cfg.binarize}', flush=True)
+  return task, model_cfg
+
+
+def run(config, workdir: str) -> dict:
+  """Pretrains per `config` into `workdir` (resuming if it holds checkpoints)."""
+  task, _ = build_task(config, workdir)
+  return loop.train_and_evaluate(config, workdir, task)

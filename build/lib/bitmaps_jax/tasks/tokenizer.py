@@ -1,0 +1,40 @@
+"""The WordPiece tokenizer of a run: where it comes from and how it is loaded."""
+
+import os
+
+from bitmaps_jax.errors import UserError
+from bitmaps_jax.train.rundir import VOCAB
+
+
+def tokenizer_source(config):
+  """vocab file or directory holding the tokenizer, or None when none is configured."""
+  if config.get('tokenizer'):
+    return config.tokenizer
+  path = config.get('init_checkpoint') or ''
+  if path and (os.path.isfile(os.path.join(path, VOCAB)) or
+               os.path.isfile(os.path.join(path, 'tokenizer.json'))):
+    return path
+  return None
+
+
+def load_tokenizer(source: str):
+  """A fast BERT WordPiece tokenizer from an HF directory or a vocab.txt file."""
+  from transformers import BertTokenizer  # backed by the Rust `tokenizers` WordPiece
+  if os.path.isdir(source):
+    vocab = os.path.join(source, VOCAB)
+    if not os.path.isfile(vocab) and not os.path.isfile(os.path.join(source, 'tokenizer.json')):
+      raise UserError(f'{source}: no vocab.txt or tokenizer.json for the tokenizer')
+    try:
+      return BertTokenizer.from_pretrained(source)
+    except Exception as e:
+      raise UserError(f'{source}: cannot load tokenizer ({type(e).__name__}: {e})') from None
+  if not os.path.isfile(source):
+    raise UserError(f'{source}: tokenizer vocab file not found')
+  return BertTokenizer(vocab=source, do_lower_case=True)
+
+
+def load_tokenizer_for_packing(source: str):
+  """`load_tokenizer`, without the length warning: whole documents are tokenized, then cut."""
+  tok = load_tokenizer(source)
+  tok.model_max_length = 1 << 40
+  return tok

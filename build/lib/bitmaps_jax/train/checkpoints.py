@@ -1,0 +1,111 @@
+"""orbax checkpoints under workdir/checkpoints: train state + a small JSON of loop state.
+
+orbax writes each step into a temporary directory and renames it when complete, so a crash
+mid-save leaves the previous checkpoint as the latest readable one. A checkpoint damaged later
+(a truncated or deleted file) is set aside by `restore_latest`, which falls back to the newest
+one that restores.
+"""
+
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+from bitmaps_jax.errors import UserError
+
+
+def has_checkpoints(directory: str) -> bool:
+  """Whether `directory` holds at least one finished checkpoint (step directories only)."""
+  return os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory))
+
+
+class CheckpointStore:
+  """Keeps the latest `keep` checkpoints; each has 'state' (pytree) and 'meta' (JSON)."""
+
+  def __init__(self, directory: str, keep: int = 3, async_save: bool = False):
+    self.directory = os.path.abspath(directory)
+    # A save killed half-way leaves only a temporary directory; it is removed on the next start.
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           enable_async_checkpointing=async_save,
+                                           cleanup_tmp_directories=True)
+    self.manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={'state': ocp.StandardCheckpointHandler(),
+                       'meta': ocp.JsonCheckpointHandler()})
+
+  def latest_step(self):
+    return self.manager.latest_step()
+
+  def save(self, step: int, state, meta: dict):
+    self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                    meta=ocp.args.JsonSave(meta)))
+
+  def wait(self):
+    self.manager.wait_until_finished()
+
+  def restore(self, step: int, target_state):
+    """(state, meta) of `step`, with arrays laid out like `target_state`."""
+    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target_state)
+    try:
+      out = self.manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    except (ValueError, KeyError, TypeError) as e:
+      raise UserError(f'{self.directory}/{step}: checkpoint does not match this model '
+                      f'({type(e).__name__}: {str(e).splitlines()[0][:200]})') from None
+    return out['state'], out['meta']
+
+  def restore_latest(self, target_state, report=print):
+    """(step, state, meta) of the newest checkpoint that restores, or None when there is none.
+
+    A checkpoint whose files cannot be read is reported in one line and renamed
+    `damaged-STEP` (nothing is deleted); one that reads but does not fit `target_state` is
+    another model's, a `UserError`.
+    """
+    while True:
+      step = self.latest_step()
+      if step is None:
+        return None
+      try:
+        state, meta = self.restore(step, target_state)
+        return step, state, meta
+      except Exception as e:  # orbax and tensorstore raise many types for damaged files
+        if self._params_readable(step):
+          raise
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = reason.split(' See full')[0][:160]
+        aside = self._set_aside(step)
+        report(f'{self.directory}/{step}: damaged checkpoint ({reason}); set aside as '
+               f'{aside}, trying the previous one')
+
+  def _params_readable(self, step) -> bool:
+    try:
+      jax.block_until_ready(self.restore_params(step))
+      return True
+    except Exception:  # noqa: BLE001 -- any failure to read means damage
+      return False
+
+  def _set_aside(self, step) -> str:
+    name, n = f'damaged-{step}', 1
+    while os.path.exists(os.path.join(self.directory, name)):
+      n += 1
+      name = f'damaged-{step}-{n}'
+    os.rename(os.path.join(self.directory, str(step)), os.path.join(self.directory, name))
+    self.manager.reload()
+    return name
+
+  def restore_params(self, step=None):
+    """The 'params' subtree of a checkpoint, without knowing its optimizer, placed on this
+    process's first device (whatever devices saved it)."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise UserError(f'{self.directory}: no checkpoint to restore')
+    tree = self.manager.item_metadata(step)['state']
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree_util.tree_map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
+    out = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract)))
+    return out['state']['params']
+
+  def close(self):
+    self.manager.close()

@@ -1,0 +1,311 @@
+"""The training loop shared by MLM pretraining and GLUE fine-tuning.
+
+A task supplies the model and its initial params, a `batch_metrics` function of summed metrics
+('loss' and 'count' at least), per-step training batches and evaluation batches. The loop owns
+the rest: optimizer, data-parallel steps, checkpoints and resume, logging.
+"""
+
+import dataclasses
+import queue
+import signal
+import sys
+import threading
+import time
+from typing import Any, Callable, Iterable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+from flax.training import train_state
+
+from bitmaps_jax.errors import UserError
+from bitmaps_jax.model import binary_params
+from bitmaps_jax.model.bert import BertConfig
+from bitmaps_jax.train import metrics, optim, parallel, reporting
+from bitmaps_jax.train.rundir import RunDir
+
+
+class NonFiniteError(UserError):
+  """A step produced a non-finite loss or gradient."""
+
+
+class Preempted(Exception):
+  """SIGTERM or SIGINT arrived: the current step finished and a checkpoint was saved."""
+
+
+class StopSignal:
+  """Notes SIGTERM / SIGINT (a preemptible TPU VM gets SIGTERM ~30 s before it goes) so the
+  loop can finish its step and save. On several hosts JAX's preemption sync point makes them
+  all stop at the same step."""
+
+  def __init__(self):
+    self.received = None
+    self._previous = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._note)
+    return self
+
+  def _note(self, signum, frame):
+    self.received = signal.Signals(signum).name
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+  def should_stop(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      try:
+        if multihost_utils.reached_preemption_sync_point(step):
+          self.received = self.received or 'SIGTERM'
+          return True
+      except RuntimeError:  # no preemption service (e.g. CPU test clusters)
+        pass
+    return self.received is not None
+
+
+@dataclasses.dataclass
+class Task:
+  """What the loop needs to know about a task."""
+  model_config: BertConfig
+  params: Any
+  # (params, batch, rng, train, teacher_params) -> {'loss': sum, 'count': n, ...}
+  batch_metrics: Callable
+  train_batch: Callable[[int], dict]  # step -> this process's rows of the global batch
+  eval_batches: Callable[[], Iterable[dict]]
+  items_per_step: int  # tokens (MLM) or examples (GLUE) per global batch, for throughput
+  unit: str = 'tok'
+  eval_fn: Optional[Callable] = None  # (params) -> metrics dict; replaces the sums-based eval
+  teacher_params: Any = None  # read-only params the steps need (a distillation teacher)
+
+
+def validate_loop_config(config):
+  for field in ('num_train_steps', 'eval_every_steps',
+                'checkpoint_every_steps', 'log_every_steps', 'keep_checkpoints'):
+    value = config.get(field)
+    if not isinstance(value, int) or value <= 0:
+      raise UserError(f'config.{field} must be a positive integer, got {value!r}')
+
+
+class Prefetcher:
+  """Builds the next batches on a background thread, `depth` ahead of the device, so input
+  preparation overlaps the device step. Batches come in step order."""
+
+  def __init__(self, make_batch: Callable[[int], Any], start: int, stop: int, depth: int = 2):
+    self._queue = queue.Queue(maxsize=max(depth, 1))
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._fill, args=(make_batch, start, stop),
+                                    daemon=True)
+    self._thread.start()
+
+  def _fill(self, make_batch, start, stop):
+    for step in range(start, stop):
+      if self._stop.is_set():
+        return
+      try:
+        item = (step, make_batch(step), None)
+      except BaseException as e:  # re-raised in the training thread
+        item = (step, None, e)
+      while not self._stop.is_set():
+        try:
+          self._queue.put(item, timeout=0.1)
+          break
+        except queue.Full:
+          continue
+      if item[2] is not None:
+        return
+
+  def next(self):
+    step, batch, error = self._queue.get()
+    if error is not None:
+      raise error
+    return step, batch
+
+  def close(self):
+    self._stop.set()
+    self._thread.join(timeout=5)
+
+
+def make_train_step_fn(task: Task, mesh):
+  """The data-parallel step with a guard (a non-finite step leaves the state unchanged) and
+  on-device bookkeeping: metric sums accumulate, skipped steps are counted and the first
+  non-finite step is recorded without any transfer to the host."""
+  raw_step = parallel.make_train_step(task.batch_metrics, mesh, donate=False)
+
+  def step(state, batch, rng, teacher, log, step_number):
+    new_state, sums, grad_norm = raw_step(state, batch, rng, teacher)
+    finite = jnp.isfinite(sums['loss']) & jnp.isfinite(grad_norm)
+    kept = jax.tree_util.tree_map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+    bad_loss = jnp.where(finite, log['bad_loss'], sums['loss'].astype(jnp.float32))
+    sums = jax.tree_util.tree_map(lambda x: jnp.where(finite, x, jnp.zeros_like(x)), sums)
+    log = {'sums': jax.tree_util.tree_map(jnp.add, log['sums'], sums),
+           'steps': log['steps'] + finite.astype(jnp.int32),
+           'skipped': log['skipped'] + (~finite).astype(jnp.int32),
+           'first_bad': jnp.where((log['first_bad'] < 0) & ~finite, step_number,
+                                  log['first_bad']),
+           'bad_loss': bad_loss,
+           'grad_norm': grad_norm}
+    return kept, log
+
+  step = jax.jit(step)
+  step.raw = raw_step  # (state, batch, rng, teacher) -> (state, sums, grad norm)
+  return step
+
+
+def empty_log(sums_shape) -> dict:
+  zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), sums_shape)
+  return {'sums': zeros, 'steps': jnp.zeros((), jnp.int32), 'skipped': jnp.zeros((), jnp.int32),
+          'first_bad': jnp.full((), -1, jnp.int32), 'bad_loss': jnp.zeros((), jnp.float32),
+          'grad_norm': jnp.zeros((), jnp.float32)}
+
+
+def evaluate(task: Task, params, eval_step, mesh, teacher=None) -> dict:
+  if task.eval_fn is not None:
+    return task.eval_fn(params)
+  total = None
+  for batch in task.eval_batches():
+    batch = parallel.global_batch(mesh, batch)
+    total = metrics.add(total, jax.device_get(eval_step(params, batch, teacher)))
+  if total is None:
+    raise UserError('validation split yields no batches')
+  return metrics.means(total)
+
+
+def train_and_evaluate(config, workdir: str, task: Task) -> dict:
+  """Trains `task` to `config.num_train_steps`, resuming from workdir/checkpoints if present.
+
+  Ordinary steps make no device-to-host transfer: metrics, the finite flag and the skipped
+  count stay on the device and are read every `log_every_steps` (and before each save).
+  Returns the final validation metrics.
+  """
+  validate_loop_config(config)
+  run = RunDir(workdir)
+  mesh = parallel.data_mesh()
+  total = config.num_train_steps
+  is_main = jax.process_index() == 0
+  schedules = optim.make_schedules(config, total)
+  tx = optim.make_optimizer(config, schedules, binary_params.scale_paths(task.model_config),
+                            binary_params.no_decay_paths(task.model_config))
+  state = train_state.TrainState.create(apply_fn=None, params=task.params, tx=tx)
+  state = parallel.replicate(mesh, state)
+  teacher = parallel.replicate(mesh, task.teacher_params)
+  store = run.checkpoint_store(keep=config.get('keep_checkpoints', 3),
+                               async_save=config.get('async_checkpoints', False))
+  dropout_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
+  start = 0
+  had_checkpoints = store.latest_step() is not None
+  try:
+    restored = store.restore_latest(state, report=lambda m: print(m, file=sys.stderr)
+                                    if is_main else None)
+  except BaseException:
+    store.close()
+    raise
+  if had_checkpoints and restored is None:
+    store.close()
+    raise UserError(f'{store.directory}: no checkpoint could be restored (each was set aside '
+                    f'as damaged-STEP); move them away to start over')
+  latest = None
+  if restored is not None:
+    latest, state, meta = restored
+    start = int(meta['step'])
+    dropout_key = jnp.asarray(np.asarray(meta['dropout_key'], np.uint32))
+  reporter = reporting.Reporter(workdir, total, enabled=is_main, resume_step=start)
+  if latest is not None:
+    reporter.message(f'resuming from {store.directory}/{latest} (step {start})')
+  train_step = make_train_step_fn(task, mesh)
+  eval_step = parallel.make_eval_step(task.batch_metrics, mesh)
+  layout = binary_params.layout(task.model_config)
+  flat_params = traverse_util.flatten_dict(task.params)
+  initial_params = parallel.replicate(mesh, traverse_util.unflatten_dict(
+      {p: flat_params[p] for p in layout})) if layout else None  # for the sign-flip rate
+  flips = jax.jit(lambda p, p0: binary_params.sign_flip_fraction(task.model_config, p, p0))
+
+  def save(step):
+    # Batches are a function of (seed, step), so the step is also the data position.
+    meta = {'step': step, 'data_position': step, 'seed': config.seed,
+            'dropout_key': np.asarray(dropout_key).tolist()}
+    store.save(step, state, meta)
+
+  def check_finite(log):
+    first_bad = int(log['first_bad'])
+    if first_bad >= 0 and not config.get('skip_nonfinite_steps', False):
+      store.wait()
+      good = store.latest_step()
+      raise NonFiniteError(
+          f'step {first_bad}: non-finite loss or gradient (loss {float(log["bad_loss"])}); '
+          f'stopped, last good checkpoint: '
+          f'{"none" if good is None else f"{store.directory}/{good}"}')
+
+  valid = {}
+  log, log_shapes, t_last, skipped_total = None, None, time.time(), 0
+  prefetch = Prefetcher(lambda step: parallel.global_batch(mesh, task.train_batch(step)),
+                        start, total, depth=config.get('prefetch_batches', 2))
+  stop = StopSignal()
+  try:
+    stop.__enter__()
+    for _ in range(start, total):
+      step, batch = prefetch.next()
+      done = step + 1
+      if log is None:
+        if log_shapes is None:
+          log_shapes = jax.eval_shape(train_step.raw, state, batch, dropout_key, teacher)[1]
+        log = empty_log(log_shapes)
+      state, log = train_step(state, batch, jax.random.fold_in(dropout_key, step), teacher, log,
+                              np.int32(done))
+      boundary = done % config.checkpoint_every_steps == 0 or done == total
+      if done % config.log_every_steps == 0 or boundary or done % config.eval_every_steps == 0:
+        host = jax.device_get(log)
+        check_finite(host)
+      if done % config.log_every_steps == 0 or done == total:
+        elapsed = max(time.time() - t_last, 1e-9)
+        steps, skipped = int(host['steps']), int(host['skipped'])
+        skipped_total += skipped
+        if skipped:
+          reporter.message(f'step {done}: {skipped} non-finite step(s) skipped')
+        if steps:
+          point = metrics.means(host['sums'])
+          point.update({('learning_rate' if g == 'weights' else f'learning_rate_{g}'):
+                        float(s(step)) for g, s in schedules.items()})
+          point.update(grad_norm=float(host['grad_norm']),
+                       **{f'{task.unit}_per_s': steps * task.items_per_step / elapsed})
+          if initial_params is not None:
+            point['sign_flip_fraction'] = float(flips(state.params, initial_params))
+          if skipped_total:
+            point['skipped_steps'] = skipped_total
+          reporter.write(done, 'train', point)
+          reporter.progress(done, point['loss'], point[f'{task.unit}_per_s'], task.unit)
+        log, t_last = None, time.time()
+      if done % config.eval_every_steps == 0 or done == total:
+        valid = evaluate(task, state.params, eval_step, mesh, teacher)
+        reporter.write(done, 'valid', valid)
+        reporter.message(f'step {done} valid ' +
+                         ' '.join(f'{k} {v:.4f}' for k, v in valid.items()))
+        t_last = time.time()
+      if boundary:
+        save(done)
+      if done < total and stop.should_stop(done):
+        check_finite(jax.device_get(log) if log is not None else {'first_bad': -1})
+        if not boundary:
+          save(done)
+        store.wait()
+        store.close()
+        reporter.close()
+        raise Preempted(f'{stop.received}: stopped after step {done}; checkpoint '
+                        f'{store.directory}/{done} saved; run the same command to resume')
+  finally:
+    stop.__exit__()
+    prefetch.close()
+  if start >= total:
+    valid = evaluate(task, state.params, eval_step, mesh, teacher)
+    reporter.message('already trained to num_train_steps; valid ' +
+                     ' '.join(f'{k} {v:.4f}' for k, v in valid.items()))
+  store.wait()
+  store.close()
+  if is_main:
+    reporting.plot_losses(workdir)
+  reporter.close()
+  return valid

@@ -1,0 +1,115 @@
+"""Run output: console progress, workdir/metrics.jsonl, TensorBoard, the loss plot.
+
+Only the main process (process 0) writes; the others get a writer that does nothing.
+"""
+
+import json
+import os
+import sys
+import time
+
+from bitmaps_jax.train.rundir import LOSS_PLOT, METRICS, TENSORBOARD
+
+
+class Reporter:
+  """Writes metric points and shows progress. `resume_step` drops points logged after it."""
+
+  def __init__(self, workdir: str, total_steps: int, enabled: bool = True, resume_step: int = 0):
+    self.workdir, self.total, self.enabled = workdir, total_steps, enabled
+    self.path = os.path.join(workdir, METRICS)
+    self._tb = None
+    self._t0, self._s0 = time.time(), resume_step
+    self._tty = sys.stderr.isatty()
+    if enabled:
+      os.makedirs(workdir, exist_ok=True)
+      self._truncate_after(resume_step)
+      try:
+        from tensorboardX import SummaryWriter
+        self._tb = SummaryWriter(os.path.join(workdir, TENSORBOARD))
+      except ImportError:
+        self._tb = None
+
+  def _truncate_after(self, step: int):
+    """A run killed after its last checkpoint logged points that the resumed run redoes."""
+    if not os.path.exists(self.path):
+      return
+    with open(self.path) as f:
+      keep = [ln for ln in f if ln.strip() and json.loads(ln).get('step', 0) <= step]
+    tmp = self.path + '.tmp'
+    with open(tmp, 'w') as f:
+      f.writelines(keep)
+    os.replace(tmp, self.path)
+
+  def write(self, step: int, split: str, metrics: dict):
+    if not self.enabled:
+      return
+    point = {'step': int(step), 'split': split, **{k: float(v) for k, v in metrics.items()}}
+    with open(self.path, 'a') as f:
+      f.write(json.dumps(point) + '\n')
+    if self._tb is not None:
+      for k, v in metrics.items():
+        self._tb.add_scalar(f'{split}/{k}', float(v), int(step))
+      self._tb.flush()
+
+  def progress(self, step: int, loss: float, items_per_s: float, unit: str = 'tok'):
+    if not self.enabled:
+      return
+    done = step - self._s0
+    elapsed = time.time() - self._t0
+    eta = elapsed / max(done, 1) * (self.total - step)
+    width = 24
+    filled = int(width * step / max(self.total, 1))
+    bar = '#' * filled + '.' * (width - filled)
+    line = (f'[{bar}] {step}/{self.total} loss {loss:.4f} {items_per_s:,.0f} {unit}/s '
+            f'ETA {_hms(eta)}')
+    if self._tty:
+      print('\r' + line, end='', file=sys.stderr, flush=True)
+    else:
+      print(line, file=sys.stderr, flush=True)
+
+  def message(self, text: str):
+    if self.enabled:
+      if self._tty:
+        print(file=sys.stderr)
+      print(text, file=sys.stderr, flush=True)
+
+  def close(self):
+    if self._tb is not None:
+      self._tb.close()
+
+
+def _hms(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  return f'{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}'
+
+
+def read_metrics(workdir: str):
+  path = os.path.join(workdir, METRICS)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(ln) for ln in f if ln.strip()]
+
+
+def plot_losses(workdir: str, out_name: str = LOSS_PLOT):
+  """Training and validation loss against step, from metrics.jsonl."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  points = read_metrics(workdir)
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for split, style in (('train', '-'), ('valid', 'o-')):
+    xs = [p['step'] for p in points if p['split'] == split and 'loss' in p]
+    ys = [p['loss'] for p in points if p['split'] == split and 'loss' in p]
+    if xs:
+      ax.plot(xs, ys, style, label=f'{split} loss')
+  ax.set_xlabel('step')
+  ax.set_ylabel('loss')
+  ax.set_title(os.path.basename(os.path.abspath(workdir)))
+  ax.grid(alpha=0.3)
+  ax.legend()
+  path = os.path.join(workdir, out_name)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path

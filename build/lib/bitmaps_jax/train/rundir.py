@@ -1,0 +1,228 @@
+"""The run directory: the one place that knows a run's files and reads them back.
+
+    RUN/model_config.json   the BertConfig the checkpoints belong to
+    RUN/train_config.json   the training config, complete (derived fields filled in)
+    RUN/vocab.txt           the tokenizer's vocabulary
+    RUN/checkpoints/        orbax checkpoints (train state + loop state)
+    RUN/metrics.jsonl       one JSON object per logged point
+    RUN/tensorboard/        TensorBoard summaries
+    RUN/train_val_loss.png  the loss plot
+    RUN/eval_<split>.json   eval.py's results
+    RUN/run.lock            held while a process writes into the run
+"""
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import time
+
+import ml_collections
+
+from bitmaps_jax.errors import UserError
+from bitmaps_jax.model.bert import BertConfig
+from bitmaps_jax.train import checkpoints
+
+MODEL_CONFIG = 'model_config.json'
+TRAIN_CONFIG = 'train_config.json'
+VOCAB = 'vocab.txt'
+CHECKPOINTS = 'checkpoints'
+METRICS = 'metrics.jsonl'
+TENSORBOARD = 'tensorboard'
+LOSS_PLOT = 'train_val_loss.png'
+LOCK = 'run.lock'
+
+# Fields that decide the shapes of the params; a checkpoint only fits a model that shares them.
+SHAPE_FIELDS = ('architecture', 'vocab_size', 'hidden_size', 'num_hidden_layers',
+                'num_attention_heads', 'intermediate_size', 'max_position_embeddings',
+                'type_vocab_size', 'num_labels', 'binarize.layers', 'binarize.embeddings',
+                'binarize.granularity')
+
+
+def _field(cfg: BertConfig, name: str):
+  for part in name.split('.'):
+    cfg = getattr(cfg, part, None)
+  return cfg
+
+
+def _write_atomic(path: str, text: str):
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+class RunDir:
+  """A run's directory. Reading methods raise `UserError` naming the file that is wrong."""
+
+  def __init__(self, path: str):
+    self.path = path
+
+  def file(self, name: str) -> str:
+    return os.path.join(self.path, name)
+
+  @property
+  def checkpoint_dir(self) -> str:
+    return self.file(CHECKPOINTS)
+
+  @property
+  def metrics_file(self) -> str:
+    return self.file(METRICS)
+
+  @property
+  def vocab_file(self) -> str:
+    return self.file(VOCAB)
+
+  def eval_file(self, split: str) -> str:
+    return self.file(f'eval_{split}.json')
+
+  def is_run(self) -> bool:
+    """Whether this directory was written by train.py (it has a model config)."""
+    return os.path.isfile(self.file(MODEL_CONFIG))
+
+  def has_checkpoints(self) -> bool:
+    return checkpoints.has_checkpoints(self.checkpoint_dir)
+
+  # ------------------------------------------------------------------------- reading
+
+  def _read_json(self, name: str, what: str):
+    path = self.file(name)
+    if not os.path.isfile(path):
+      raise UserError(f'{self.path}: not a run directory (no {name})')
+    try:
+      with open(path) as f:
+        return json.load(f)
+    except (OSError, ValueError) as e:
+      raise UserError(f'{path}: unreadable {what} ({e})') from None
+
+  def model_config(self) -> BertConfig:
+    d = self._read_json(MODEL_CONFIG, 'model config')
+    try:
+      return BertConfig.from_dict(d)
+    except (UserError, TypeError) as e:
+      raise UserError(f'{self.file(MODEL_CONFIG)}: {e}') from None
+
+  def train_config(self) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(self._read_json(TRAIN_CONFIG, 'train config'))
+
+  def checkpoint_store(self, **options) -> checkpoints.CheckpointStore:
+    return checkpoints.CheckpointStore(self.checkpoint_dir, **options)
+
+  def restore_params(self, step=None):
+    """(params, step) of a checkpoint (default: the latest), placed on this process's first
+    device whatever devices saved it."""
+    if not self.has_checkpoints():
+      raise UserError(f'{self.checkpoint_dir}: no checkpoint to restore')
+    store = self.checkpoint_store()
+    try:
+      step = store.latest_step() if step is None else step
+      return store.restore_params(step), step
+    finally:
+      store.close()
+
+  def load_model(self):
+    """(BertConfig, params) of the latest checkpoint."""
+    config = self.model_config()
+    params, _ = self.restore_params()
+    return config, params
+
+  # ------------------------------------------------------------------------- writing
+
+  def check_resumable(self, model_cfg: BertConfig):
+    """Refuses a run whose checkpoints belong to another model, before anything in it is
+    overwritten."""
+    if not self.is_run() or not self.has_checkpoints():
+      return
+    saved = self.model_config()
+    diff = [f'{k} {_field(saved, k)} (saved) vs {_field(model_cfg, k)}' for k in SHAPE_FIELDS
+            if _field(saved, k) != _field(model_cfg, k)]
+    if diff:
+      raise UserError(f'{self.path}: holds checkpoints of another model ({"; ".join(diff)}); '
+                      f'use another workdir or the same model settings')
+
+  def write_run_files(self, config, model_cfg: BertConfig, vocab_source: str):
+    """What a later eval.py, export or init_checkpoint needs: the model and training configs
+    and the vocabulary."""
+    self.create()
+    _write_atomic(self.file(MODEL_CONFIG), json.dumps(model_cfg.to_dict(), indent=2))
+    _write_atomic(self.file(TRAIN_CONFIG), config.to_json(indent=2))
+    src = vocab_source if os.path.isfile(vocab_source) else os.path.join(vocab_source, VOCAB)
+    if os.path.isfile(src) and os.path.abspath(src) != os.path.abspath(self.vocab_file):
+      shutil.copyfile(src, self.vocab_file)
+
+  def write_json(self, name: str, obj) -> str:
+    path = self.file(name)
+    _write_atomic(path, json.dumps(obj, indent=2))
+    return path
+
+  # ------------------------------------------------------------------------- the lock
+
+  def create(self):
+    """Makes the directory, or says in one line why it cannot be written."""
+    if os.path.exists(self.path) and not os.path.isdir(self.path):
+      raise UserError(f'{self.path}: workdir is a file, not a directory')
+    try:
+      os.makedirs(self.path, exist_ok=True)
+    except OSError as e:
+      raise UserError(f'{self.path}: cannot create the workdir ({e.strerror})') from None
+    if not os.access(self.path, os.W_OK | os.X_OK):
+      raise UserError(f'{self.path}: workdir is not writable')
+
+  @contextlib.contextmanager
+  def lock(self, what: str = 'train'):
+    """Holds RUN/run.lock so that one process at a time writes into the run. A lock left by
+    a process that no longer runs on this host (killed with kill -9) is taken over."""
+    self.create()
+    path = self.file(LOCK)
+    mine = {'pid': os.getpid(), 'host': socket.gethostname(), 'what': what,
+            'since': time.strftime('%Y-%m-%d %H:%M:%S')}
+    for _ in range(3):
+      try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+      except FileExistsError:
+        self._check_stale(path)
+        continue
+      with os.fdopen(fd, 'w') as f:
+        json.dump(mine, f)
+      break
+    else:
+      raise UserError(f'{path}: could not take the run lock')
+    try:
+      yield
+    finally:
+      try:
+        with open(path) as f:
+          if json.load(f).get('pid') == mine['pid']:
+            os.remove(path)
+      except (OSError, ValueError):
+        pass
+
+  def _check_stale(self, path: str):
+    """Raises if the lock's holder still runs; removes a stale lock."""
+    try:
+      with open(path) as f:
+        other = json.load(f)
+    except (OSError, ValueError):
+      other = {}
+    pid, host = other.get('pid'), other.get('host')
+    if isinstance(pid, int) and host == socket.gethostname() and _pid_alive(pid):
+      raise UserError(f'{self.path}: in use by process {pid} ({other.get("what", "run")} since '
+                      f'{other.get("since", "?")}); wait for it or use another workdir')
+    if isinstance(pid, int) and host and host != socket.gethostname():
+      raise UserError(f'{self.path}: in use by process {pid} on host {host}; if that run has '
+                      f'ended, delete {path}')
+    try:
+      os.remove(path)  # stale: its process is gone
+    except FileNotFoundError:
+      pass

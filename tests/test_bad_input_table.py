@@ -1,0 +1,201 @@
+"""Mistakes and damage, as a user meets them through the commands: each row is a command and a
+fragment of the one line it must print on stderr (exit status 2), after an optional setup that
+breaks something. Nothing already saved may be lost."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ['--config=configs/default.py:tiny']
+
+
+def _run(args, cwd=REPO):
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
+                        env=env, timeout=600)
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+  """A finished tiny MLM run, a finished tiny GLUE run and its data, made once."""
+  root = tmp_path_factory.mktemp('runs')
+  from conftest import write_glue_dir
+  write_glue_dir(root / 'glue')
+  mlm = root / 'mlm'
+  out = _run(['train.py', *TINY, f'--workdir={mlm}'])
+  assert out.returncode == 0, out.stderr[-2000:]
+  from bitmaps_jax.tasks.mlm import data as mlm_data
+  vocab = mlm_data.train_wordpiece_vocab(['the cat dog sees a ball runs big red house'], 64,
+                                         str(root / 'vocab.txt'))
+  glue = root / 'glue_run'
+  glue_flags = ['--config=configs/glue.py:cola,tiny', f'--config.tokenizer={vocab}',
+                f'--config.data_dir={root / "glue"}', '--config.num_epochs=1']
+  out = _run(['train.py', *glue_flags, f'--workdir={glue}'])
+  assert out.returncode == 0, out.stderr[-2000:]
+  return {'root': root, 'mlm': mlm, 'glue': glue, 'glue_flags': glue_flags}
+
+
+def _copy(runs, name, tmp_path):
+  dst = tmp_path / name
+  shutil.copytree(runs[name], dst)
+  return dst
+
+
+def _bad_tsv(runs, tmp_path):
+  data = tmp_path / 'data'
+  shutil.copytree(runs['root'] / 'glue', data)
+  rows = (data / 'CoLA' / 'train.tsv').read_bytes().split(b'\n')
+  rows[4] = rows[4] + b' caf\xe9'  # a Latin-1 byte
+  (data / 'CoLA' / 'train.tsv').write_bytes(b'\n'.join(rows))
+  return data
+
+
+def _read_only(path):
+  for dirpath, dirnames, filenames in os.walk(path):
+    for n in filenames:
+      os.chmod(os.path.join(dirpath, n), 0o444)
+    os.chmod(dirpath, 0o555)
+
+
+# (id, setup(runs, tmp_path) -> dict of names for the command, command, fragment)
+CASES = [
+    ('unknown-task', lambda r, t: {},
+     lambda r, t, s: ['train.py', *r['glue_flags'], '--config.task=unknown', f'--workdir={t}/x'],
+     "config.task: unknown task 'unknown'"),
+    ('misspelt-teacher', lambda r, t: {},
+     lambda r, t, s: ['train.py', *r['glue_flags'], f'--config.teacher_checkpoint={t}/nope',
+                      f'--workdir={t}/x'],
+     'nope: config.teacher_checkpoint not found'),
+    ('missing-init', lambda r, t: {},
+     lambda r, t, s: ['train.py', *r['glue_flags'], f'--config.init_checkpoint={t}/gone',
+                      f'--workdir={t}/x'],
+     'gone: config.init_checkpoint not found'),
+    ('non-utf8-tsv', lambda r, t: {'data': _bad_tsv(r, t)},
+     lambda r, t, s: ['train.py', *r['glue_flags'], f'--config.data_dir={s["data"]}',
+                      f'--workdir={t}/x'],
+     'CoLA/train.tsv:5: not UTF-8 text'),
+    ('workdir-is-a-file', lambda r, t: (t / 'file').write_text('x') and {},
+     lambda r, t, s: ['train.py', *TINY, f'--workdir={t}/file'],
+     'file: workdir is a file, not a directory'),
+    ('read-only-workdir', lambda r, t: (os.makedirs(t / 'ro'), _read_only(t / 'ro')) and {},
+     lambda r, t, s: ['train.py', *TINY, f'--workdir={t}/ro'],
+     'ro: workdir is not writable'),
+    ('export-into-missing-dir', lambda r, t: {},
+     lambda r, t, s: ['-m', 'bitmaps_jax', 'export', str(r['mlm']), f'{t}/no/such/m.bmp'],
+     'does not exist'),
+    ('eval-without-checkpoints',
+     lambda r, t: {'run': shutil.copytree(r['glue'], t / 'g', ignore=shutil.ignore_patterns(
+         'checkpoints'))},
+     lambda r, t, s: ['eval.py', f'--workdir={s["run"]}'],
+     'checkpoints: no checkpoint to restore'),
+    ('export-without-checkpoints',
+     lambda r, t: {'run': shutil.copytree(r['mlm'], t / 'm', ignore=shutil.ignore_patterns(
+         'checkpoints'))},
+     lambda r, t, s: ['-m', 'bitmaps_jax', 'export', str(s['run']), f'{t}/m.bmp'],
+     'checkpoints: no checkpoint to restore'),
+    ('resume-with-other-vocab-size', lambda r, t: {'run': _copy(r, 'mlm', t)},
+     lambda r, t, s: ['train.py', *TINY, '--config.data.vocab_size=500', f'--workdir={s["run"]}'],
+     'config.data.vocab_size 500:'),
+    ('two-flag-config-error', lambda r, t: {},
+     lambda r, t, s: ['train.py', '--config.learning_rate=0.1', '--config.learnin_rate=2',
+                      f'--workdir={t}/x'],
+     "error: --config.learnin_rate=2: unknown config field 'learnin_rate'"),
+    ('every-checkpoint-damaged', lambda r, t: _damage_all(_copy(r, 'mlm', t)),
+     lambda r, t, s: ['train.py', *TINY, '--config.num_train_steps=9', f'--workdir={s["run"]}'],
+     'no checkpoint could be restored'),
+]
+
+
+def _damage_all(run):
+  for step in os.listdir(run / 'checkpoints'):
+    for dirpath, _, filenames in os.walk(run / 'checkpoints' / step):
+      for n in filenames:
+        if os.path.basename(dirpath) == 'd' and 'ocdbt' in dirpath:
+          with open(os.path.join(dirpath, n), 'r+b') as f:
+            f.truncate(10)
+  return {'run': run}
+
+
+@pytest.mark.parametrize('name,setup,command,fragment', CASES, ids=[c[0] for c in CASES])
+def test_one_line_error(runs, tmp_path, name, setup, command, fragment):
+  if name == 'read-only-workdir' and os.geteuid() == 0:
+    pytest.skip('root writes into read-only directories')
+  state = setup(runs, tmp_path) or {}
+  out = _run(command(runs, tmp_path, state))
+  # Damaged checkpoints are each reported as they are set aside; the error is one line.
+  err = [l for l in out.stderr.strip().splitlines() if 'damaged checkpoint (' not in l]
+  assert out.returncode == 2, out.stderr[-3000:]
+  assert len(err) == 1 and err[0].startswith('error: ') and fragment in err[0], err
+
+
+def test_damaged_latest_checkpoint_is_set_aside_and_the_previous_one_resumes(runs, tmp_path):
+  run = _copy(runs, 'mlm', tmp_path)
+  steps = sorted(int(n) for n in os.listdir(run / 'checkpoints') if n.isdigit())
+  assert len(steps) >= 2, steps
+  latest = run / 'checkpoints' / str(steps[-1])
+  data_files = sorted((os.path.join(d, n) for d, _, ns in os.walk(latest) for n in ns
+                       if os.path.basename(d) == 'd' and 'ocdbt' in d), key=os.path.getsize)
+  with open(data_files[-1], 'r+b') as f:  # truncate the largest data file of the latest one
+    f.truncate(100)
+  out = _run(['train.py', *TINY, f'--workdir={run}'])
+  assert out.returncode == 0, out.stderr[-3000:]
+  damaged = [l for l in out.stderr.splitlines() if 'damaged checkpoint' in l]
+  assert len(damaged) == 1 and f'set aside as damaged-{steps[-1]}' in damaged[0], out.stderr
+  assert f'resuming from {run / "checkpoints"}/{steps[-2]}' in out.stderr
+  assert (run / 'checkpoints' / f'damaged-{steps[-1]}').is_dir()  # kept, not deleted
+  assert (run / 'checkpoints' / str(steps[-1])).is_dir()  # retrained and saved again
+
+
+def test_manifest_deleted_is_damage_too(runs, tmp_path):
+  run = _copy(runs, 'mlm', tmp_path)
+  steps = sorted(int(n) for n in os.listdir(run / 'checkpoints') if n.isdigit())
+  latest = run / 'checkpoints' / str(steps[-1])
+  manifests = [os.path.join(d, n) for d, _, ns in os.walk(latest) for n in ns
+               if n == 'manifest.ocdbt']
+  for m in manifests:
+    os.remove(m)
+  out = _run(['train.py', *TINY, f'--workdir={run}'])
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert 'damaged checkpoint' in out.stderr and 'Event loop is closed' not in out.stderr
+
+
+def test_a_second_run_on_a_busy_workdir_is_refused_and_a_stale_lock_taken_over(runs, tmp_path):
+  run = tmp_path / 'busy'
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  first = subprocess.Popen([sys.executable, 'train.py', *TINY, '--config.num_train_steps=400',
+                            f'--workdir={run}'], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True)
+  try:
+    import time
+    deadline = time.time() + 120
+    while not (run / 'run.lock').exists() and time.time() < deadline:
+      time.sleep(0.1)
+    second = _run(['train.py', *TINY, f'--workdir={run}'])
+    assert second.returncode == 2
+    err = second.stderr.strip().splitlines()
+    assert len(err) == 1 and f'in use by process {first.pid}' in err[0], err
+    evaluation = _run(['eval.py', f'--workdir={run}'])
+    assert evaluation.returncode == 2 and f'process {first.pid}' in evaluation.stderr
+  finally:
+    first.kill()  # kill -9: the lock stays behind, naming a process that is gone
+    first.wait()
+  lock = json.loads((run / 'run.lock').read_text())
+  assert lock['pid'] == first.pid
+  third = _run(['train.py', *TINY, f'--workdir={run}'])
+  assert third.returncode == 0, third.stderr[-2000:]
+  assert not (run / 'run.lock').exists()
+
+
+def test_eval_of_a_read_only_run_prints_the_metrics_then_one_line(runs, tmp_path):
+  if os.geteuid() == 0:
+    pytest.skip('root writes into read-only directories')
+  run = _copy(runs, 'glue', tmp_path)
+  _read_only(run)
+  out = _run(['eval.py', f'--workdir={run}'])
+  assert 'accuracy' in out.stdout and 'predicted labels' in out.stdout
+  assert out.returncode == 2 and 'cannot write the results' in out.stderr

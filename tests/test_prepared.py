@@ -1,0 +1,120 @@
+"""The prepared MLM corpus: preparation (resumable), O(batch) order, per-host masking."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from bitmaps_jax import cli
+from bitmaps_jax.errors import UserError
+from bitmaps_jax.tasks.mlm import data as mlm_data
+from bitmaps_jax.tasks.mlm import prepared
+
+
+@pytest.mark.parametrize('n', [1, 2, 7, 64, 1000, 4097])
+def test_feistel_is_a_permutation_that_depends_on_seed_and_epoch(n):
+  p = prepared.FeistelPermutation(n, seed=3, epoch=0)
+  out = p(np.arange(n))
+  assert sorted(out.tolist()) == list(range(n))
+  if n >= 64:
+    other = prepared.FeistelPermutation(n, seed=3, epoch=1)(np.arange(n))
+    assert (out != other).mean() > 0.5 and (out != np.arange(n)).mean() > 0.5
+    # Any slice of positions is computed on its own, with the same values.
+    np.testing.assert_array_equal(p(np.arange(10, 20)), out[10:20])
+
+
+def _spec(vocab=100):
+  return mlm_data.MaskingSpec(vocab_size=vocab, mask_token_id=4, special_ids=(0, 1, 2, 3, 4),
+                              mask_prob=0.15, max_predictions=5)
+
+
+def test_masks_are_a_function_of_the_global_row_not_of_the_host_split():
+  rng = np.random.default_rng(0)
+  windows = rng.integers(5, 100, (8, 32)).astype(np.int32)
+  windows[:, 0], windows[:, -1] = 2, 3  # [CLS] ... [SEP]
+  rows = np.arange(8) + 40
+  whole = prepared.mask_rows(windows, _spec(), seed=1, step=7, rows=rows)
+  halves = [prepared.mask_rows(windows[i:i + 4], _spec(), 1, 7, rows[i:i + 4]) for i in (0, 4)]
+  for k, v in whole.items():
+    np.testing.assert_array_equal(v, np.concatenate([h[k] for h in halves]), err_msg=k)
+  assert (whole['masked_positions'] > 0).all() and (whole['masked_positions'] < 31).all()
+  changed = whole['input_ids'] != windows
+  assert changed.sum() <= 8 * 5 and changed.sum() >= 8 * 5 * 0.6  # ~90% of picks change
+  again = prepared.mask_rows(windows, _spec(), seed=1, step=8, rows=rows)
+  assert (again['masked_positions'] != whole['masked_positions']).any()
+
+
+@pytest.fixture
+def corpus_files(tmp_path):
+  docs = mlm_data.builtin_documents(300)
+  text = tmp_path / 'corpus.txt'
+  text.write_text('\n'.join(docs) + '\n')
+  vocab = mlm_data.train_wordpiece_vocab(docs, 128, str(tmp_path / 'vocab.txt'))
+  return docs, vocab
+
+
+def test_interrupted_preparation_is_not_accepted_and_finishes_on_rerun(tmp_path, corpus_files):
+  docs, vocab = corpus_files
+  full = prepared.prepare(docs, vocab, str(tmp_path / 'full'), 32, docs_per_shard=50,
+                          validation_documents=30, processes=2, progress=lambda m: None)
+  seen = []
+
+  def stop_after_two(message):
+    seen.append(message)
+    if len(seen) == 2:
+      raise KeyboardInterrupt
+
+  cut = str(tmp_path / 'cut')
+  with pytest.raises(KeyboardInterrupt):
+    prepared.prepare(docs, vocab, cut, 32, 50, 30, processes=2, progress=stop_after_two)
+  with pytest.raises(UserError, match='interrupted'):
+    prepared.PreparedCorpus(cut)
+  done = json.load(open(os.path.join(cut, 'progress.json')))['shards']
+  assert len(done) == 2
+  again = prepared.prepare(docs, vocab, cut, 32, 50, 30, processes=2, progress=lambda m: None)
+  assert again['shards'] == full['shards']
+  a, b = prepared.PreparedCorpus(str(tmp_path / 'full')), prepared.PreparedCorpus(cut)
+  np.testing.assert_array_equal(a.train.take(np.arange(len(a.train))),
+                                b.train.take(np.arange(len(b.train))))
+  assert a.manifest['stats']['documents'] == 300 and len(a.valid) > 0
+  messages = []
+  prepared.prepare(docs, vocab, cut, 32, 50, 30, processes=2, progress=messages.append)
+  assert messages == [f'{cut}: already prepared ({full["stats"]["windows"]} windows)']
+  with pytest.raises(UserError, match='other settings'):
+    os.remove(os.path.join(cut, 'manifest.json'))
+    prepared.prepare(docs, vocab, cut, 64, 50, 30, processes=2, progress=lambda m: None)
+
+
+def test_batches_resume_exactly_and_split_over_hosts(tmp_path, corpus_files):
+  docs, vocab = corpus_files
+  prepared.prepare(docs, vocab, str(tmp_path / 'p'), 32, 50, 30, processes=2,
+                   progress=lambda m: None)
+  corpus = prepared.PreparedCorpus(str(tmp_path / 'p'))
+  one = prepared.PreparedMLMBatches(corpus.train, _spec(128), 8, seed=5)
+  again = prepared.PreparedMLMBatches(corpus.train, _spec(128), 8, seed=5)
+  two = [prepared.PreparedMLMBatches(corpus.train, _spec(128), 8, 5, i, 2) for i in range(2)]
+  for step in (0, 3, one.steps_per_epoch + 1):
+    a = one.batch(step)
+    for k in a:
+      np.testing.assert_array_equal(a[k], again.batch(step)[k])
+      np.testing.assert_array_equal(a[k], np.concatenate([t.batch(step)[k] for t in two]))
+  # One epoch visits every window at most once.
+  rows = np.concatenate([np.arange(s * 8, s * 8 + 8) for s in range(one.steps_per_epoch)])
+  ids = prepared.FeistelPermutation(len(corpus.train), 5, 0)(rows)
+  assert len(set(ids.tolist())) == len(ids)
+
+
+def test_train_from_a_prepared_corpus(tmp_path, corpus_files, mlm_config):
+  docs, vocab = corpus_files
+  prepared.prepare(docs, vocab, str(tmp_path / 'p'), 32, 50, 30, processes=2,
+                   progress=lambda m: None)
+  config = mlm_config()
+  config.data.source = 'prepared'
+  config.data.prepared_dir = str(tmp_path / 'p')
+  result = cli.train(config, str(tmp_path / 'run'))
+  assert np.isfinite(result['loss'])
+  assert open(tmp_path / 'run' / 'vocab.txt').read() == open(vocab).read()
+  config.max_seq_length = 64
+  with pytest.raises(SystemExit):
+    cli.train(config, str(tmp_path / 'run2'))
