@@ -34,7 +34,8 @@ def _run_config_from_argv(argv):
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Run directory written by train.py.', required=True)
-flags.DEFINE_string('split', 'validation', 'validation (dev), test or train.')
+flags.DEFINE_string('split', 'validation', 'validation (dev), test, train, holdout, or a TSV '
+                    'file laid out like the task\'s dev file.')
 flags.DEFINE_string('packed', '', 'Evaluate this packed model file (python -m bitmaps_jax '
                     'export) instead of the run\'s latest checkpoint.')
 cli.define_config_dict('config', _run_config_from_argv(sys.argv),

@@ -28,6 +28,9 @@ def get_config(arg: str = 'cola'):
   config.tfds_data_dir = ''
   config.eval_split = 'validation'
   config.max_train_examples = 0  # 0: the whole training split
+  # N > 0: a fixed slice of N training sentences (the same in every run) is held out as the
+  # split 'holdout', a second labelled evaluation set (eval.py --split=holdout).
+  config.holdout_examples = 0
   config.length_bucketing = True  # False: every batch padded to max_seq_length
   # How many batches are sorted by length together. 1 (random batches, each padded only to
   # its own longest row) learns CoLA far better than 50 (less padding, but batches of one

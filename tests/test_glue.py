@@ -147,6 +147,15 @@ def test_finetune_distill_and_eval_cli(tmp_path, glue_config):
   assert out.stderr.strip().splitlines() == [
       'error: /nonexistent/CoLA/dev.tsv: validation split file not found']
 
+  # Any labelled TSV laid out like the dev file.
+  dev_copy = tmp_path / 'other_dev.tsv'
+  dev_copy.write_text(open(os.path.join(student_cfg.data_dir, 'CoLA', 'dev.tsv')).read())
+  out = subprocess.run([sys.executable, 'eval.py', f'--workdir={student_dir}',
+                        f'--split={dev_copy}'], cwd=REPO, capture_output=True, text=True, env=env)
+  assert out.returncode == 0, out.stderr
+  other = json.load(open(os.path.join(student_dir, 'eval_other_dev.json')))
+  assert other['accuracy'] == result['accuracy']
+
   # The packed file: exported, evaluated from its bits (same predictions as the checkpoint,
   # which has float32 weights only where the file keeps 16 bits), and run on sentences.
   packed = str(tmp_path / 'student.bmp')
@@ -217,3 +226,35 @@ def test_perturbed_copies_are_distilled_but_not_in_the_task_loss(tmp_path, glue_
                        rng, False, task.teacher_params)
   assert float(att_only['loss']) == pytest.approx(float(att_only['attention_kl']), rel=1e-5)
   assert att_only['attention_kl'] > 0  # the binarized student attends differently
+
+
+def test_binary_bert_fits_64_training_sentences(tmp_path, glue_config):
+  """The seed's failed sanity check: a binary BERT (layers binarized) must be able to fit a
+  small training set; it predicted one label for everything instead."""
+  from conftest import write_glue_dir
+  sents, labels = write_glue_dir(tmp_path / 'glue64', n=64)
+  assert 0.2 < np.mean(labels) < 0.8
+  config = glue_config(data_dir=str(tmp_path / 'glue64'), eval_split='train', num_epochs=60.0,
+                       learning_rate=3e-3, warmup_ratio=0.05, dropout_rate=0.0,
+                       per_device_batch_size=2, log_every_steps=50, bucket_pool=1,
+                       binarize={'layers': True, 'granularity': 'per_channel'})
+  config.eval_every_steps = config.checkpoint_every_steps = 10_000  # only at the end
+  result = cli.train(config, str(tmp_path / 'run'))
+  assert result['accuracy'] == 1.0, result
+
+
+def test_holdout_is_a_fixed_slice_of_train_that_training_never_sees(tmp_path):
+  from conftest import write_glue_dir
+  write_glue_dir(tmp_path, n=48)
+  cola_train = tmp_path / 'CoLA' / 'train.tsv'
+  all_train = glue_data.load_split(COLA, 'train', data_dir=str(tmp_path))
+  train = glue_data.load_split(COLA, 'train', data_dir=str(tmp_path), holdout_examples=8)
+  held = glue_data.load_split(COLA, 'holdout', data_dir=str(tmp_path), holdout_examples=8)
+  assert len(held.sentences) == 8 and len(train.sentences) == 40
+  assert sorted(held.idx.tolist() + train.idx.tolist()) == sorted(all_train.idx.tolist())
+  again = glue_data.load_split(COLA, 'holdout', data_dir=str(tmp_path), holdout_examples=8)
+  assert again.idx.tolist() == held.idx.tolist()  # the same slice every time
+  tsv = glue_data.load_split(COLA, str(cola_train))  # any TSV laid out like dev.tsv
+  assert len(tsv.sentences) == 48
+  with pytest.raises(UserError, match='holdout_examples'):
+    glue_data.load_split(COLA, 'holdout', data_dir=str(tmp_path))

@@ -254,7 +254,61 @@ def sst2_lengths(path: str, sample: int, max_len: int):
   return lengths, len(ex.sentences), f'SST-2 train ({how} tokens)'
 
 
-SECTIONS = ('train', 'breakdown', 'cost', 'inference', 'bucketing')
+SECTIONS = ('train', 'breakdown', 'cost', 'inference', 'bucketing', 'input')
+
+
+def _rss_bytes() -> int:
+  with open('/proc/self/statm') as f:
+    return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+
+
+def _sparse_prepared_corpus(path: str, windows: int, seq: int):
+  """A prepared directory whose one shard is a sparse file of `windows` rows (no disk used)."""
+  import json
+  from bitmaps_jax.tasks.mlm import prepared
+  os.makedirs(path, exist_ok=True)
+  shard = np.lib.format.open_memmap(os.path.join(path, 'train-00000.npy'), mode='w+',
+                                    dtype=np.uint16, shape=(windows, seq))
+  del shard
+  valid = np.lib.format.open_memmap(os.path.join(path, 'valid-00000.npy'), mode='w+',
+                                    dtype=np.uint16, shape=(64, seq))
+  del valid
+  with open(os.path.join(path, prepared.MANIFEST), 'w') as f:
+    json.dump({'format': prepared.FORMAT, 'max_seq_length': seq, 'dtype': 'uint16',
+               'shards': {'train': [{'file': 'train-00000.npy', 'windows': windows}],
+                          'valid': [{'file': 'valid-00000.npy', 'windows': 64}]},
+               'stats': {}}, f)
+
+
+def input_section(quick: bool, batch: int = 256, seq: int = 128, repeats: int = 20):
+  """The MLM input pipeline per host: open time, resident memory and batch time of a prepared
+  corpus at two sizes (sparse files: page-cache reads, not disk reads)."""
+  from bitmaps_jax.tasks.mlm import data as mlm_data
+  from bitmaps_jax.tasks.mlm import prepared
+  print('\n== MLM input pipeline per host (prepared corpus, Feistel order, per-row masks)')
+  need = 0.8e6
+  print(f'target: BERT-base at 50% MFU on a v4 host needs about {need / 1e6:.1f} M tokens/s '
+        f'(4 chips x 275 TFLOP/s x 0.5 / (6 x 110 M FLOP per token))')
+  spec = mlm_data.MaskingSpec(vocab_size=30522, mask_token_id=103, special_ids=(101, 102, 103),
+                              max_predictions=mlm_data.num_predictions(seq, 0.15))
+  sizes = (10_000, 300_000) if quick else (1_000_000, 30_000_000)
+  rates = []
+  with tempfile.TemporaryDirectory() as tmp:
+    for n in sizes:
+      path = os.path.join(tmp, str(n))
+      _sparse_prepared_corpus(path, n, seq)
+      rss0, t0 = _rss_bytes(), time.perf_counter()
+      corpus = prepared.PreparedCorpus(path)
+      opened, rss1 = time.perf_counter() - t0, _rss_bytes()
+      batches = prepared.PreparedMLMBatches(corpus.train, spec, batch, seed=0)
+      steps = iter(range(10**9))
+      secs = median_seconds(lambda: batches.batch(next(steps)), repeats)
+      rate = batch * seq / secs
+      rates.append(rate)
+      print(f'{n:>11,} windows: open {opened * 1e3:7.1f} ms, +{(rss1 - rss0) / 2**20:6.1f} MiB '
+            f'resident; batch of {batch} x {seq}: {secs * 1e3:7.2f} ms = {rate / 1e6:5.2f} M '
+            f'tokens/s ({rate / need:4.1f}x the target)')
+  print(f'{sizes[-1]:,} vs {sizes[0]:,} windows: batch time x{rates[0] / rates[1]:.2f}')
 
 
 def train_section(sizes, batch, seq, repeats):
@@ -379,6 +433,8 @@ def _main(positional):
     inference_section(sizes, batch, seq, repeats)
   if 'bucketing' in sections:
     bucketing_section(sizes[0], args.quick, args.sst2_train, args.sst2_examples)
+  if 'input' in sections:
+    input_section(args.quick)
 
 
 

@@ -14,6 +14,11 @@ import orbax.checkpoint as ocp
 from bitmaps_jax.errors import UserError
 
 
+# Files every finished checkpoint has (the state is written with OCDBT).
+REQUIRED_FILES = ('_CHECKPOINT_METADATA', 'state/_METADATA', 'state/manifest.ocdbt',
+                  'meta/metadata')
+
+
 def has_checkpoints(directory: str) -> bool:
   """Whether `directory` holds at least one finished checkpoint (step directories only)."""
   return os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory))
@@ -65,17 +70,22 @@ class CheckpointStore:
       step = self.latest_step()
       if step is None:
         return None
-      try:
-        state, meta = self.restore(step, target_state)
-        return step, state, meta
-      except Exception as e:  # orbax and tensorstore raise many types for damaged files
-        if self._params_readable(step):
-          raise
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        reason = reason.split(' See full')[0][:160]
-        aside = self._set_aside(step)
-        report(f'{self.directory}/{step}: damaged checkpoint ({reason}); set aside as '
-               f'{aside}, trying the previous one')
+      missing = [f for f in REQUIRED_FILES
+                 if not os.path.isfile(os.path.join(self.directory, str(step), f))]
+      if missing:  # checked here: orbax's own failure on these is a page of asyncio noise
+        reason = f'missing {", ".join(missing)}'
+      else:
+        try:
+          state, meta = self.restore(step, target_state)
+          return step, state, meta
+        except Exception as e:  # orbax and tensorstore raise many types for damaged files
+          if self._params_readable(step):
+            raise
+          reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+          reason = reason.split(' See full')[0][:160]
+      aside = self._set_aside(step)
+      report(f'{self.directory}/{step}: damaged checkpoint ({reason}); set aside as '
+             f'{aside}, trying the previous one')
 
   def _params_readable(self, step) -> bool:
     try:

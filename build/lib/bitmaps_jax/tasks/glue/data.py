@@ -105,7 +105,8 @@ def read_tsv(task: GlueTask, path: str, split: str) -> Examples:
 def split_file(task: GlueTask, data_dir: str, split: str) -> str:
   name = {'train': 'train', 'validation': 'dev', 'dev': 'dev', 'test': 'test'}.get(split)
   if name is None:
-    raise UserError(f'unknown split {split!r}; expected train, validation (dev) or test')
+    raise UserError(f'unknown split {split!r}; expected train, validation (dev), test, holdout '
+                    f'or a .tsv file')
   return os.path.join(data_dir, task.dir_name, f'{name}.tsv')
 
 
@@ -126,11 +127,34 @@ def read_tfds(task: GlueTask, split: str, data_dir: Optional[str] = None) -> Exa
                   np.asarray([r['idx'] for r in rows], np.int32))
 
 
-def load_split(task: GlueTask, split: str, data_dir: str = '', tfds_data_dir: str = ''):
-  """A split from a local GLUE directory when `data_dir` is set, else from TFDS."""
+def load_split(task: GlueTask, split: str, data_dir: str = '', tfds_data_dir: str = '',
+               holdout_examples: int = 0):
+  """A split from a local GLUE directory when `data_dir` is set, else from TFDS.
+
+  With `holdout_examples` N > 0, a fixed slice of N training sentences (the same for every run,
+  whatever its seed) becomes the split 'holdout' and leaves 'train': a second labelled
+  evaluation set that no run trains on. A split may also be the path of a TSV laid out like
+  the task's dev file.
+  """
+  if split.endswith('.tsv'):
+    return read_tsv(task, split, 'validation')
+  if split == 'holdout' and not holdout_examples:
+    raise UserError('split holdout needs config.holdout_examples > 0')
+  source = 'train' if split == 'holdout' else split
   if data_dir:
-    return read_tsv(task, split_file(task, data_dir, split), split)
-  return read_tfds(task, split, tfds_data_dir)
+    examples = read_tsv(task, split_file(task, data_dir, source), source)
+  else:
+    examples = read_tfds(task, source, tfds_data_dir)
+  if source != 'train' or not holdout_examples:
+    return examples
+  n = len(examples.sentences)
+  if holdout_examples >= n:
+    raise UserError(f'holdout_examples {holdout_examples} leaves no training sentence of {n}')
+  held = np.zeros(n, bool)
+  held[np.random.default_rng(20240601).permutation(n)[:holdout_examples]] = True
+  keep = np.flatnonzero(held if split == 'holdout' else ~held)
+  return Examples([examples.sentences[i] for i in keep], examples.labels[keep],
+                  examples.idx[keep])
 
 
 # --------------------------------------------------------------------------- batching

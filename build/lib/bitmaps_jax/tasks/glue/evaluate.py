@@ -84,7 +84,8 @@ def evaluate_run(run_dir: str, config, split: str, packed_file: str = '') -> dic
     raise UserError(f'{run_dir}: not a GLUE fine-tuning run (task {config.get("task", "mlm")!r})')
   task = glue_data.get_task(config.task_name)
   tokenizer = tokenizers.load_tokenizer(run.vocab_file)
-  examples = glue_data.load_split(task, split, config.data_dir, config.tfds_data_dir)
+  examples = glue_data.load_split(task, split, config.data_dir, config.tfds_data_dir,
+                                  config.get('holdout_examples', 0))
   token_ids = glue_data.tokenize(examples, tokenizer, config.max_seq_length)
   mesh = parallel.data_mesh()
   if packed_file:
@@ -119,7 +120,8 @@ def write_results(run_dir: str, split: str, out: dict) -> list:
   if jax.process_index() != 0:
     return []
   run = RunDir(run_dir)
-  name = f'eval_{split}{"_packed" if out.get("packed_file") else ""}.json'
+  label = os.path.splitext(os.path.basename(split))[0] if split.endswith('.tsv') else split
+  name = f'eval_{label}{"_packed" if out.get("packed_file") else ""}.json'
   written = []
   try:
     if unlabeled:

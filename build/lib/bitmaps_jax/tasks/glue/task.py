@@ -69,9 +69,11 @@ def _with_perturbed_copies(train: glue_data.Examples, config):
 def load_data(config, tokenizer) -> GlueData:
   """Training and evaluation splits, tokenized, and this process's training batches."""
   task = glue_data.get_task(config.task_name)
-  train = _subset(glue_data.load_split(task, 'train', config.data_dir, config.tfds_data_dir),
-                  config.max_train_examples, config.seed)
-  valid = glue_data.load_split(task, config.eval_split, config.data_dir, config.tfds_data_dir)
+  holdout = config.get('holdout_examples', 0)
+  train = _subset(glue_data.load_split(task, 'train', config.data_dir, config.tfds_data_dir,
+                                       holdout), config.max_train_examples, config.seed)
+  valid = glue_data.load_split(task, config.eval_split, config.data_dir, config.tfds_data_dir,
+                               holdout)
   train, labeled = _with_perturbed_copies(train, config)
   train_ids = glue_data.tokenize(train, tokenizer, config.max_seq_length)
   valid_ids = glue_data.tokenize(valid, tokenizer, config.max_seq_length)

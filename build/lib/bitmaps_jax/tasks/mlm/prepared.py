@@ -18,6 +18,7 @@ work, which is what resuming exactly and per-host sharding need.
 import dataclasses
 import hashlib
 import json
+import mmap
 import os
 import time
 from typing import List, Optional, Sequence
@@ -173,6 +174,9 @@ class PreparedCorpus:
         arr = np.load(file, mmap_mode='r')
       except (OSError, ValueError) as e:
         raise UserError(f'{file}: unreadable shard ({e})') from None
+      raw = getattr(arr, '_mmap', None)
+      if raw is not None and hasattr(mmap, 'MADV_RANDOM'):
+        raw.madvise(mmap.MADV_RANDOM)  # rows are read in random order: no read-ahead
       if arr.shape != (entry['windows'], self.max_seq_length):
         raise UserError(f'{file}: shape {arr.shape}, manifest says '
                         f'({entry["windows"]}, {self.max_seq_length})')
