@@ -75,9 +75,13 @@ def test_tensorboard_reads_the_summaries(tmp_path):
 
 
 def test_package_installs_and_imports_anywhere(tmp_path):
+  import shutil
+  source = tmp_path / 'src'  # a copy, so the build leaves nothing in the checkout
+  shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+      '.venv', '.git', 'runs', 'build', '*.egg-info', '__pycache__', '.pytest_cache'))
   target = tmp_path / 'site'
   out = subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', '--no-deps',
-                        '--no-build-isolation', '--target', str(target), REPO],
+                        '--no-build-isolation', '--target', str(target), str(source)],
                        capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-2000:]
   code = ('import bitmaps_jax, os; print(os.path.dirname(bitmaps_jax.__file__)); '

@@ -1,1 +1,0 @@
-"""The model: BERT in Flax, its binary weights, Hugging Face conversion, the packed file."""
