@@ -211,6 +211,28 @@ def mask_tokens(windows: np.ndarray, spec: MaskingSpec, rng: np.random.Generator
   }
 
 
+@dataclasses.dataclass(frozen=True)
+class HostRows:
+  """This process's share of every global batch: rows [offset, offset + local)."""
+  global_batch_size: int
+  local: int
+  offset: int
+  steps_per_epoch: int
+
+  @classmethod
+  def of(cls, num_windows: int, global_batch_size: int, process_index: int,
+         process_count: int) -> 'HostRows':
+    if global_batch_size % process_count:
+      raise UserError(f'global batch {global_batch_size} is not divisible by '
+                      f'{process_count} processes')
+    if num_windows < global_batch_size:
+      raise UserError(f'only {num_windows} training windows, fewer than one global batch '
+                      f'of {global_batch_size}; lower the batch size or max_seq_length')
+    local = global_batch_size // process_count
+    return cls(global_batch_size, local, process_index * local,
+               num_windows // global_batch_size)
+
+
 class MLMBatches:
   """Deterministic batches of masked windows, addressed by step.
 
@@ -220,17 +242,10 @@ class MLMBatches:
 
   def __init__(self, windows: np.ndarray, spec: MaskingSpec, global_batch_size: int, seed: int,
                process_index: int = 0, process_count: int = 1):
-    if global_batch_size % process_count:
-      raise UserError(f'global batch {global_batch_size} is not divisible by '
-                      f'{process_count} processes')
-    if len(windows) < global_batch_size:
-      raise UserError(f'only {len(windows)} training windows, fewer than one global batch '
-                      f'of {global_batch_size}; lower the batch size or max_seq_length')
     self.windows, self.spec, self.seed = windows, spec, seed
-    self.global_batch_size = global_batch_size
-    self.local = global_batch_size // process_count
-    self.offset = process_index * self.local
-    self.steps_per_epoch = len(windows) // global_batch_size
+    self.rows = HostRows.of(len(windows), global_batch_size, process_index, process_count)
+    self.global_batch_size, self.steps_per_epoch = global_batch_size, self.rows.steps_per_epoch
+    self.local, self.offset = self.rows.local, self.rows.offset
 
   def batch(self, step: int) -> dict:
     epoch, index = divmod(step, self.steps_per_epoch)

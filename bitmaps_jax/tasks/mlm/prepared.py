@@ -191,17 +191,11 @@ class PreparedMLMBatches:
 
   def __init__(self, split: Split, spec, global_batch_size: int, seed: int,
                process_index: int = 0, process_count: int = 1):
-    if global_batch_size % process_count:
-      raise UserError(f'global batch {global_batch_size} is not divisible by '
-                      f'{process_count} processes')
-    if len(split) < global_batch_size:
-      raise UserError(f'only {len(split)} training windows, fewer than one global batch of '
-                      f'{global_batch_size}')
+    from bitmaps_jax.tasks.mlm.data import HostRows
     self.split, self.spec, self.seed = split, spec, seed
-    self.global_batch_size = global_batch_size
-    self.local = global_batch_size // process_count
-    self.offset = process_index * self.local
-    self.steps_per_epoch = len(split) // global_batch_size
+    self.rows = HostRows.of(len(split), global_batch_size, process_index, process_count)
+    self.global_batch_size, self.steps_per_epoch = global_batch_size, self.rows.steps_per_epoch
+    self.local, self.offset = self.rows.local, self.rows.offset
 
   def batch(self, step: int) -> dict:
     epoch, index = divmod(step, self.steps_per_epoch)
