@@ -50,6 +50,8 @@ class StopSignal:
     return self
 
   def _note(self, signum, frame):
+    if self.received is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt  # a second Ctrl-C: stop now, without the checkpoint
     self.received = signal.Signals(signum).name
 
   def __exit__(self, *exc):
