@@ -270,7 +270,8 @@ def prepare(documents: Sequence[str], vocab: str, out_dir: str, max_seq_length: 
       jobs.append((f'{split}-{k:05d}.npy', split, start, min(start + docs_per_shard, hi)))
   todo = [j for j in jobs if j[0] not in done['shards']]
   t0, tokens_now = time.time(), 0
-  with multiprocessing.Pool(processes or os.cpu_count()) as pool:
+  # spawn, not fork: the parent has JAX's threads running, and forking them can deadlock.
+  with multiprocessing.get_context('spawn').Pool(processes or os.cpu_count()) as pool:
     chunks = ((documents[a:b], vocab, max_seq_length) for _, _, a, b in todo)
     for (name, split, a, b), (windows, n_tokens, n_docs) in zip(todo,
                                                                 pool.imap(_tokenize_chunk, chunks)):
