@@ -98,14 +98,12 @@ def test_sign_flip_fraction_counts_changed_signs():
   cfg = models.model_config('tiny', binarize=dict(layers=True))
   params = models.init_params(cfg, jax.random.PRNGKey(0))
   assert float(binary_params.sign_flip_fraction(cfg, params, params)) == 0.0
-  path = ('encoder', 'layer_0', 'attention', 'self', 'query', 'kernel')
   kernel = params['encoder']['layer_0']['attention']['self']['query']['kernel']
   moved = jax.tree_util.tree_map(lambda x: x, params)
   flipped = kernel.at[0, :3].multiply(-1.0)  # 3 signs flipped (no weight is exactly 0)
   moved['encoder']['layer_0']['attention']['self']['query']['kernel'] = flipped
   total = sum(params_at(params, p).size for p in binary_params.layout(cfg))
   assert float(binary_params.sign_flip_fraction(cfg, moved, params)) == pytest.approx(3 / total)
-  del path
 
 
 def params_at(params, path):

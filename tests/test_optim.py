@@ -1,5 +1,6 @@
 """Learning-rate schedule values and which parameters get weight decay."""
 
+import jax
 import ml_collections
 import numpy as np
 import pytest
@@ -48,13 +49,13 @@ def _config(**changes):
 def test_scheme_scales_get_no_decay_and_their_own_learning_rate(granularity, embeddings):
   model_cfg = bert.model_config('tiny', architecture='BertForMaskedLM', binarize=dict(
       layers=True, granularity=granularity, embeddings=embeddings))
-  params = bert.init_params(model_cfg, __import__('jax').random.PRNGKey(0))
+  params = bert.init_params(model_cfg, jax.random.PRNGKey(0))
   cfg = _config()
   schedules = optim.make_schedules(cfg, 100)
   assert set(schedules) == {'weights', 'scales'}
   tx = optim.make_optimizer(cfg, schedules, binary_params.scale_paths(model_cfg),
                             binary_params.no_decay_paths(model_cfg))
-  grads = __import__('jax').tree_util.tree_map(np.ones_like, params)
+  grads = jax.tree_util.tree_map(np.ones_like, params)
   updates, _ = tx.update(grads, tx.init(params), params)
   dense = updates['bert']['encoder']['layer_0']['attention']['self']['query']
   emb = updates['bert']['embeddings']['word_embeddings']

@@ -244,18 +244,17 @@ class MLMBatches:
                process_index: int = 0, process_count: int = 1):
     self.windows, self.spec, self.seed = windows, spec, seed
     self.rows = HostRows.of(len(windows), global_batch_size, process_index, process_count)
-    self.global_batch_size, self.steps_per_epoch = global_batch_size, self.rows.steps_per_epoch
-    self.local, self.offset = self.rows.local, self.rows.offset
+    self.steps_per_epoch = self.rows.steps_per_epoch
 
   def batch(self, step: int) -> dict:
     epoch, index = divmod(step, self.steps_per_epoch)
     order = np.random.default_rng((self.seed, epoch)).permutation(len(self.windows))
-    start = index * self.global_batch_size
+    start = index * self.rows.global_batch_size
     # Mask the whole global batch, then keep this process's rows: the masks do not depend on
     # how many processes share the batch.
-    masked = mask_tokens(self.windows[order[start:start + self.global_batch_size]], self.spec,
+    masked = mask_tokens(self.windows[order[start:start + self.rows.global_batch_size]], self.spec,
                          np.random.default_rng((self.seed, 1, step)))
-    return {k: v[self.offset:self.offset + self.local] for k, v in masked.items()}
+    return {k: v[self.rows.offset:self.rows.offset + self.rows.local] for k, v in masked.items()}
 
 
 def eval_batches(windows: np.ndarray, spec: MaskingSpec, global_batch_size: int, max_batches: int,

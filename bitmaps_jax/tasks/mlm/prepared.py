@@ -194,12 +194,11 @@ class PreparedMLMBatches:
     from bitmaps_jax.tasks.mlm.data import HostRows
     self.split, self.spec, self.seed = split, spec, seed
     self.rows = HostRows.of(len(split), global_batch_size, process_index, process_count)
-    self.global_batch_size, self.steps_per_epoch = global_batch_size, self.rows.steps_per_epoch
-    self.local, self.offset = self.rows.local, self.rows.offset
+    self.steps_per_epoch = self.rows.steps_per_epoch
 
   def batch(self, step: int) -> dict:
     epoch, index = divmod(step, self.steps_per_epoch)
-    rows = index * self.global_batch_size + self.offset + np.arange(self.local)
+    rows = index * self.rows.global_batch_size + self.rows.offset + np.arange(self.rows.local)
     windows = self.split.take(FeistelPermutation(len(self.split), self.seed, epoch)(rows))
     return mask_rows(windows, self.spec, self.seed, step, rows)
 
