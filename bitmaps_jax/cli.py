@@ -87,6 +87,13 @@ def _nothing():
   yield
 
 
+def define_once(define, name: str, *args, **kwargs):
+  """Defines an absl flag that several commands share (absl refuses a second definition when
+  their modules are imported together)."""
+  if name not in flags.FLAGS:
+    define(name, *args, **kwargs)
+
+
 def run_command(main, argv, prog: str):
   """Parses absl flags from `argv` (without the program name) and calls main(positional args).
   Used by the `python -m bitmaps_jax` commands; a bad flag is one line, exit 2."""

@@ -1,6 +1,5 @@
 """User-facing errors: one clear line, no traceback."""
 
-import functools
 import sys
 
 
@@ -16,15 +15,3 @@ def exit_with_error(message) -> None:
   print(f'error: {message}', file=sys.stderr)
   sys.exit(2)
 
-
-def exit_on_user_error(main):
-  """Wraps a CLI main so a `UserError` ends the process with one line and exit code 2."""
-
-  @functools.wraps(main)
-  def wrapped(*args, **kwargs):
-    try:
-      return main(*args, **kwargs)
-    except UserError as e:
-      exit_with_error(e)
-
-  return wrapped

@@ -40,6 +40,9 @@ def test_named_commands_and_configs_exist():
   from bitmaps_jax import __main__ as entry
   commands = set(re.findall(r'python -m bitmaps_jax (\w+)', README))
   assert commands and commands <= set(entry.COMMANDS), commands - set(entry.COMMANDS)
+  import importlib
+  for command in entry.COMMANDS:  # their flags coexist in one process
+    importlib.import_module(f'bitmaps_jax.tools.{command}')
   for path, arg in re.findall(r'(configs/\w+\.py):\{?([\w,]+)', README):
     assert os.path.isfile(os.path.join(REPO, path)), path
     module = __import__(f'configs.{os.path.basename(path)[:-3]}', fromlist=['get_config'])

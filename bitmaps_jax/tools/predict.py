@@ -37,8 +37,8 @@ def predict(model: PackedModel, tokenizer, sentences, max_seq_length: int = 128)
   return rows
 
 
-flags.DEFINE_string('vocab', None, 'vocab.txt or HF tokenizer directory (e.g. RUN/vocab.txt).')
-flags.DEFINE_integer('max_seq_length', 128, 'Longest input, in tokens.')
+cli.define_once(flags.DEFINE_string, 'vocab', None, 'vocab.txt or an HF tokenizer directory.')
+cli.define_once(flags.DEFINE_integer, 'max_seq_length', 128, 'Sequence length in tokens.')
 
 
 def _main(positional):

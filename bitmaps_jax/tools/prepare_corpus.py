@@ -17,7 +17,7 @@ from bitmaps_jax.errors import UserError
 from bitmaps_jax.tasks.mlm import data as mlm_data
 from bitmaps_jax.tasks.mlm import prepared
 
-flags.DEFINE_string('vocab', None, 'The run\'s tokenizer: vocab.txt or an HF directory.')
+cli.define_once(flags.DEFINE_string, 'vocab', None, 'vocab.txt or an HF tokenizer directory.')
 flags.DEFINE_string('out', None, 'Output directory (local disk of every training host).')
 flags.DEFINE_string('files', '', 'Comma-separated text files (instead of --tfds_name).')
 flags.DEFINE_enum('text_format', 'lines', ['lines', 'wikitext'],
@@ -26,7 +26,7 @@ flags.DEFINE_string('tfds_name', '', 'A TFDS text dataset with a `text` field.')
 flags.DEFINE_string('tfds_split', 'train', 'TFDS split.')
 flags.DEFINE_string('tfds_data_dir', '', 'TFDS data directory.')
 flags.DEFINE_integer('max_documents', 0, '0: every document.')
-flags.DEFINE_integer('max_seq_length', 128, 'Window length in tokens, [CLS] and [SEP] included.')
+cli.define_once(flags.DEFINE_integer, 'max_seq_length', 128, 'Sequence length in tokens.')
 flags.DEFINE_integer('docs_per_shard', 10000, 'Documents per shard.')
 flags.DEFINE_integer('validation_documents', 1000, 'Last documents kept for validation.')
 flags.DEFINE_integer('processes', 0, 'Tokenizing processes; 0: one per core.')
