@@ -3,6 +3,9 @@
     python train.py [--config configs/default.py] [--workdir runs/default] [--config.x=y ...]
 """
 
+import os
+import sys
+
 from absl import app
 from absl import flags
 from bitmaps_jax import cli
@@ -25,7 +28,15 @@ def main(argv):
   if FLAGS.distributed or FLAGS.coordinator_address:
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                     FLAGS.process_id)
-  cli.train(cli.read_config('config'), FLAGS.workdir)
+  try:
+    cli.train(cli.read_config('config'), FLAGS.workdir)
+  except SystemExit as e:
+    # A run that ends early (a mistake, a preemption) has printed its one line; skip the
+    # interpreter's shutdown, where orbax's background threads can print pages of asyncio
+    # errors after a failed restore. Files are closed and the run lock released by now.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(e.code if isinstance(e.code, int) else 1)
 
 if __name__ == '__main__':
   app.run(main)

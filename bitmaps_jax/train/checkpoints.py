@@ -6,7 +6,10 @@ mid-save leaves the previous checkpoint as the latest readable one. A checkpoint
 one that restores.
 """
 
+import contextlib
 import os
+import sys
+import tempfile
 
 import jax
 import orbax.checkpoint as ocp
@@ -17,6 +20,26 @@ from bitmaps_jax.errors import UserError
 # Files every finished checkpoint has (the state is written with OCDBT).
 REQUIRED_FILES = ('_CHECKPOINT_METADATA', 'state/_METADATA', 'state/manifest.ocdbt',
                   'meta/metadata')
+
+
+@contextlib.contextmanager
+def _stderr_captured():
+  """Collects what is written to file descriptor 2 meanwhile (orbax's background threads
+  print pages of asyncio errors when tensorstore fails on a damaged file); yields a list that
+  holds the text afterwards."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  out = []
+  with tempfile.TemporaryFile() as tmp:
+    os.dup2(tmp.fileno(), 2)
+    try:
+      yield out
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      tmp.seek(0)
+      out.append(tmp.read().decode('utf-8', 'replace'))
 
 
 def has_checkpoints(directory: str) -> bool:
@@ -76,10 +99,14 @@ class CheckpointStore:
         reason = f'missing {", ".join(missing)}'
       else:
         try:
-          state, meta = self.restore(step, target_state)
+          with _stderr_captured() as noise:
+            state, meta = self.restore(step, target_state)
+          sys.stderr.write(noise[0])  # a good restore hides nothing
           return step, state, meta
         except Exception as e:  # orbax and tensorstore raise many types for damaged files
-          if self._params_readable(step):
+          with _stderr_captured():
+            readable = self._params_readable(step)
+          if readable:
             raise
           reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
           reason = reason.split(' See full')[0][:160]
