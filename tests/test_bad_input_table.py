@@ -35,7 +35,8 @@ def runs(tmp_path_factory):
   glue = root / 'glue_run'
   glue_flags = ['--config=configs/glue.py:cola,tiny', f'--config.tokenizer={vocab}',
                 f'--config.data_dir={root / "glue"}', '--config.num_epochs=1']
-  out = _run(['train.py', *glue_flags, f'--workdir={glue}'])
+  out = _run(['train.py', *glue_flags, '--config.checkpoint_every_steps=2',
+              '--config.keep_checkpoints=2', f'--workdir={glue}'])
   assert out.returncode == 0, out.stderr[-2000:]
   return {'root': root, 'mlm': mlm, 'glue': glue, 'glue_flags': glue_flags}
 
@@ -127,15 +128,35 @@ CASES = [
     ('every-checkpoint-damaged', lambda r, t: _damage_all(_copy(r, 'mlm', t)),
      lambda r, t, s: ['train.py', *TINY, '--config.num_train_steps=9', f'--workdir={s["run"]}'],
      'no checkpoint could be restored'),
+    ('every-checkpoint-truncated',
+     lambda r, t: _damage_all(_copy(r, 'mlm', t), _truncate_data_files),
+     lambda r, t, s: ['train.py', *TINY, '--config.num_train_steps=9', f'--workdir={s["run"]}'],
+     'no checkpoint could be restored'),
+    ('export-every-checkpoint-truncated',
+     lambda r, t: _damage_all(_copy(r, 'mlm', t), _truncate_data_files),
+     lambda r, t, s: ['-m', 'bitmaps_jax', 'export', str(s['run']), f'{t}/m.bmp'],
+     'no checkpoint could be restored'),
 ]
 
 
-def _damage_all(run):
-  for step in os.listdir(run / 'checkpoints'):
-    for dirpath, _, filenames in os.walk(run / 'checkpoints' / step):
+def _delete_manifests(checkpoint):
+  for dirpath, _, filenames in os.walk(checkpoint):
+    for n in filenames:
+      if n == 'manifest.ocdbt':
+        os.remove(os.path.join(dirpath, n))
+
+
+def _truncate_data_files(checkpoint):
+  for dirpath, _, filenames in os.walk(checkpoint):
+    if os.path.basename(dirpath) == 'd' and 'ocdbt' in dirpath:
       for n in filenames:
-        if n == 'manifest.ocdbt':  # (truncated data files: see the test below)
-          os.remove(os.path.join(dirpath, n))
+        with open(os.path.join(dirpath, n), 'r+b') as f:
+          f.truncate(100)
+
+
+def _damage_all(run, damage=_delete_manifests):
+  for step in os.listdir(run / 'checkpoints'):
+    damage(run / 'checkpoints' / step)
   return {'run': run}
 
 
@@ -165,6 +186,21 @@ def test_damaged_latest_checkpoint_is_set_aside_and_the_previous_one_resumes(run
   assert f'resuming from {run / "checkpoints"}/{steps[-2]}' in out.stderr
   assert (run / 'checkpoints' / f'damaged-{steps[-1]}').is_dir()  # kept, not deleted
   assert (run / 'checkpoints' / str(steps[-1])).is_dir()  # retrained and saved again
+
+
+def test_read_only_commands_skip_a_damaged_latest_checkpoint_without_renaming_it(runs,
+                                                                                   tmp_path):
+  run = _copy(runs, 'glue', tmp_path)
+  steps = sorted(int(n) for n in os.listdir(run / 'checkpoints') if n.isdigit())
+  assert len(steps) >= 2, steps
+  _truncate_data_files(run / 'checkpoints' / str(steps[-1]))
+  out = _run(['eval.py', f'--workdir={run}'])
+  assert out.returncode == 0, out.stderr[-3000:]
+  err = out.stderr.strip().splitlines()
+  assert len(err) == 1 and f'checkpoints/{steps[-1]}: damaged checkpoint' in err[0], err
+  assert 'trying the previous one' in err[0]
+  assert json.loads((run / 'eval_validation.json').read_text())['checkpoint_step'] == steps[-2]
+  assert (run / 'checkpoints' / str(steps[-1])).is_dir()  # eval only reads: nothing renamed
 
 
 def test_manifest_deleted_is_damage_too(runs, tmp_path):

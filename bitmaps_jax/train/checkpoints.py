@@ -13,6 +13,7 @@ import tempfile
 
 import jax
 import orbax.checkpoint as ocp
+import tensorstore as ts
 
 from bitmaps_jax.errors import UserError
 
@@ -82,6 +83,37 @@ class CheckpointStore:
                       f'({type(e).__name__}: {str(e).splitlines()[0][:200]})') from None
     return out['state'], out['meta']
 
+  def _missing_files(self, step):
+    """Why `step` is damaged, when a file it must have is missing (checked here: orbax's own
+    failure on these is a page of asyncio noise), else None."""
+    missing = [f for f in REQUIRED_FILES
+               if not os.path.isfile(os.path.join(self.directory, str(step), f))]
+    return f'missing {", ".join(missing)}' if missing else None
+
+  def _unreadable_data(self, step):
+    """Why `step`'s array data cannot be read back, else None. Every value of the state's
+    OCDBT store is read here, synchronously: a truncated or missing data file raises in this
+    thread, where orbax's own restore would fail inside its event loop and leave background
+    tasks printing tracebacks long after the restore returned."""
+    base = os.path.join(self.directory, str(step), 'state') + '/'
+    try:
+      store = ts.KvStore.open({'driver': 'ocdbt', 'base': f'file://{base}'}).result()
+      keys = store.list().result()
+      for start in range(0, len(keys), 64):  # a bounded number of values in memory at once
+        for read in [store.read(k) for k in keys[start:start + 64]]:
+          read.result()
+    except Exception as e:  # noqa: BLE001 -- any failure to read means damage
+      return self._damaged(step, e)
+    return None
+
+  def _damage(self, step):
+    """Why `step` cannot be restored, checked without orbax, else None."""
+    return self._missing_files(step) or self._unreadable_data(step)
+
+  def _damaged(self, step, error: Exception) -> str:
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return reason.split(' See full')[0][:160]
+
   def restore_latest(self, target_state, report=print):
     """(step, state, meta) of the newest checkpoint that restores, or None when there is none.
 
@@ -93,11 +125,8 @@ class CheckpointStore:
       step = self.latest_step()
       if step is None:
         return None
-      missing = [f for f in REQUIRED_FILES
-                 if not os.path.isfile(os.path.join(self.directory, str(step), f))]
-      if missing:  # checked here: orbax's own failure on these is a page of asyncio noise
-        reason = f'missing {", ".join(missing)}'
-      else:
+      reason = self._damage(step)
+      if reason is None:
         try:
           with _stderr_captured() as noise:
             state, meta = self.restore(step, target_state)
@@ -108,11 +137,26 @@ class CheckpointStore:
             readable = self._params_readable(step)
           if readable:
             raise
-          reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-          reason = reason.split(' See full')[0][:160]
+          reason = self._damaged(step, e)
       aside = self._set_aside(step)
       report(f'{self.directory}/{step}: damaged checkpoint ({reason}); set aside as '
              f'{aside}, trying the previous one')
+
+  def restore_latest_params(self, report=print):
+    """(step, params) of the newest checkpoint whose params read back, for commands that only
+    read a run: a damaged one is reported in one line and skipped, not renamed."""
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      reason = self._damage(step)
+      if reason is None:
+        try:
+          with _stderr_captured() as noise:
+            params = jax.block_until_ready(self.restore_params(step))
+          sys.stderr.write(noise[0])
+          return step, params
+        except Exception as e:  # noqa: BLE001 -- any failure to read means damage
+          reason = self._damaged(step, e)
+      report(f'{self.directory}/{step}: damaged checkpoint ({reason}); trying the previous one')
+    raise UserError(f'{self.directory}: no checkpoint could be restored')
 
   def _params_readable(self, step) -> bool:
     try:

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 import time
 
 import ml_collections
@@ -120,13 +121,17 @@ class RunDir:
     return checkpoints.CheckpointStore(self.checkpoint_dir, **options)
 
   def restore_params(self, step=None):
-    """(params, step) of a checkpoint (default: the latest), placed on this process's first
-    device whatever devices saved it."""
+    """(params, step) of a checkpoint (default: the newest that reads back; a damaged one is
+    reported on stderr and skipped), placed on this process's first device whatever devices
+    saved it."""
     if not self.has_checkpoints():
       raise UserError(f'{self.checkpoint_dir}: no checkpoint to restore')
     store = self.checkpoint_store()
     try:
-      step = store.latest_step() if step is None else step
+      if step is None:
+        step, params = store.restore_latest_params(
+            report=lambda m: print(m, file=sys.stderr, flush=True))
+        return params, step
       return store.restore_params(step), step
     finally:
       store.close()
