@@ -45,14 +45,13 @@ cli.define_config_dict('config', _run_config_from_argv(sys.argv),
 def main(argv):
   del argv
   import contextlib
-  import os
   from absl import logging
   from bitmaps_jax.tasks.glue import evaluate
   logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
   run = RunDir(FLAGS.workdir)
   # The lock keeps a training run from writing while this one reads and writes; a run that
   # cannot be written (read-only) is still evaluated, and the results printed.
-  writable = os.access(FLAGS.workdir, os.W_OK)
+  writable = run.writable()
   try:
     with run.lock('eval') if writable else contextlib.nullcontext():
       run.train_config()  # one line if it is not a run or is unreadable

@@ -5,7 +5,7 @@ Parameter names mirror Hugging Face's (`embeddings/word_embeddings/embedding`,
 """
 
 import dataclasses
-from typing import Any, Optional, Tuple
+from typing import Optional, Tuple
 
 import flax
 import flax.linen as nn

@@ -5,9 +5,12 @@ pytorch_model.bin) into (BertConfig, params); `save_hf_bert` writes params back 
 that `transformers` loads, binary weights dequantized to alpha * B + gamma.
 """
 
+import contextlib
 import json
 import os
 import re
+import shutil
+import tempfile
 from typing import Optional
 
 import jax
@@ -16,6 +19,7 @@ import numpy as np
 from flax import traverse_util
 
 from bitmaps_jax.binary.schemes import BinarizeConfig
+from bitmaps_jax import files
 from bitmaps_jax.errors import UserError
 from bitmaps_jax.model import bert as models
 from bitmaps_jax.model import binary_params
@@ -197,7 +201,26 @@ def load_hf_bert(path: str, binarize_cfg: Optional[BinarizeConfig] = None,
 
 def save_hf_bert(config: BertConfig, params, out_dir: str, tokenizer: Optional[str] = None):
   """Writes config.json + model.safetensors that transformers' BERT classes load, and, given
-  `tokenizer` (a vocab.txt or a directory with one), the tokenizer files for AutoTokenizer."""
+  `tokenizer` (a vocab.txt or a directory with one), the tokenizer files for AutoTokenizer.
+  A remote `out_dir` is written locally first, then copied up file by file."""
+  if files.is_remote(out_dir) or (tokenizer and files.is_remote(tokenizer)):
+    staging = tempfile.mkdtemp()
+    try:
+      with contextlib.ExitStack() as stack:
+        local_tok = tokenizer and stack.enter_context(files.local_copy(tokenizer))
+        local_out = staging if files.is_remote(out_dir) else out_dir
+        _save_hf_bert_local(config, params, local_out, local_tok)
+      if files.is_remote(out_dir):
+        files.makedirs(out_dir)
+        for name in sorted(os.listdir(staging)):
+          files.copy(os.path.join(staging, name), files.join(out_dir, name))
+    finally:
+      shutil.rmtree(staging, ignore_errors=True)
+    return
+  _save_hf_bert_local(config, params, out_dir, tokenizer)
+
+
+def _save_hf_bert_local(config: BertConfig, params, out_dir: str, tokenizer: Optional[str]):
   from safetensors.numpy import save_file
   config, params = binary_params.dequantize(config, params)
   try:

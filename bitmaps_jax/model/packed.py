@@ -6,7 +6,6 @@ The CRC and length catch truncated or damaged files before anything is decoded.
 """
 
 import json
-import os
 import struct
 import zlib
 
@@ -17,6 +16,7 @@ import numpy as np
 from flax import traverse_util
 
 from bitmaps_jax.binary.packing import pack_signs, unpack_signs
+from bitmaps_jax import files
 from bitmaps_jax.errors import UserError
 from bitmaps_jax.model import bert, binary_params
 from bitmaps_jax.model.bert import BertConfig
@@ -54,21 +54,17 @@ def packed_bytes(config: BertConfig, params, float_dtype: str = 'float16') -> by
 
 
 def save_packed(config: BertConfig, params, path: str, float_dtype: str = 'float16') -> int:
-  """Writes the packed file atomically (temp file + rename). Returns its size in bytes."""
+  """Writes the packed file (local or remote) atomically. Returns its size in bytes."""
   data = packed_bytes(config, params, float_dtype)
-  tmp = path + '.tmp'
-  with open(tmp, 'wb') as f:
-    f.write(data)
-  os.replace(tmp, path)
+  files.write_bytes(path, data)
   return len(data)
 
 
 def read_packed(path: str):
   """(config, {path: record}) of a packed file, checked; records are still packed."""
-  if not os.path.isfile(path):
+  if not files.isfile(path):
     raise UserError(f'{path}: packed model file not found')
-  with open(path, 'rb') as f:
-    data = f.read()
+  data = files.read_bytes(path)
   if len(data) < _HEADER.size or data[:8] != MAGIC:
     raise UserError(f'{path}: not a bitmaps-jax packed model (bad header)')
   _, crc, length = _HEADER.unpack(data[:_HEADER.size])

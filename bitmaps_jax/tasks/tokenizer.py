@@ -2,6 +2,7 @@
 
 import os
 
+from bitmaps_jax import files
 from bitmaps_jax.errors import UserError
 from bitmaps_jax.train.rundir import VOCAB
 
@@ -11,14 +12,24 @@ def tokenizer_source(config):
   if config.get('tokenizer'):
     return config.tokenizer
   path = config.get('init_checkpoint') or ''
-  if path and (os.path.isfile(os.path.join(path, VOCAB)) or
-               os.path.isfile(os.path.join(path, 'tokenizer.json'))):
+  if path and (files.isfile(files.join(path, VOCAB)) or
+               files.isfile(files.join(path, 'tokenizer.json'))):
     return path
   return None
 
 
 def load_tokenizer(source: str):
-  """A fast BERT WordPiece tokenizer from an HF directory or a vocab.txt file."""
+  """A fast BERT WordPiece tokenizer from an HF directory or a vocab.txt file (local or
+  remote)."""
+  if files.is_remote(source):
+    if not files.exists(source):
+      raise UserError(f'{source}: tokenizer vocab file not found')
+    with files.local_copy(source) as local:
+      return _load_local_tokenizer(local)
+  return _load_local_tokenizer(source)
+
+
+def _load_local_tokenizer(source: str):
   from transformers import BertTokenizer  # backed by the Rust `tokenizers` WordPiece
   if os.path.isdir(source):
     vocab = os.path.join(source, VOCAB)

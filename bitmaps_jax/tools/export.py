@@ -11,6 +11,7 @@ import sys
 from absl import flags
 
 from bitmaps_jax import cli
+from bitmaps_jax import files
 from bitmaps_jax.errors import UserError
 from bitmaps_jax.model import hf, packed
 from bitmaps_jax.train.rundir import RunDir
@@ -33,8 +34,8 @@ def _main(positional):
     hf.save_hf_bert(config, params, out_file, tokenizer=run.vocab_file)
     print(f'{out_file}: Hugging Face {config.architecture} with its tokenizer')
     return
-  out_dir = os.path.dirname(os.path.abspath(out_file))
-  if not os.path.isdir(out_dir):
+  out_dir = os.fspath(files.path(files.absolute(out_file)).parent)
+  if not files.is_remote(out_dir) and not files.isdir(out_dir):  # (buckets have no directories)
     raise UserError(f'{out_file}: directory {out_dir} does not exist')
   config, params = run.load_model()
   size = packed.save_packed(config, params, out_file, args.float_dtype)

@@ -15,6 +15,7 @@ import jax
 import orbax.checkpoint as ocp
 import tensorstore as ts
 
+from bitmaps_jax import files
 from bitmaps_jax.errors import UserError
 
 
@@ -45,14 +46,14 @@ def _stderr_captured():
 
 def has_checkpoints(directory: str) -> bool:
   """Whether `directory` holds at least one finished checkpoint (step directories only)."""
-  return os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory))
+  return files.isdir(directory) and any(n.isdigit() for n in files.listdir(directory))
 
 
 class CheckpointStore:
   """Keeps the latest `keep` checkpoints; each has 'state' (pytree) and 'meta' (JSON)."""
 
   def __init__(self, directory: str, keep: int = 3, async_save: bool = False):
-    self.directory = os.path.abspath(directory)
+    self.directory = files.absolute(directory)
     # A save killed half-way leaves only a temporary directory; it is removed on the next start.
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=async_save,
@@ -87,7 +88,7 @@ class CheckpointStore:
     """Why `step` is damaged, when a file it must have is missing (checked here: orbax's own
     failure on these is a page of asyncio noise), else None."""
     missing = [f for f in REQUIRED_FILES
-               if not os.path.isfile(os.path.join(self.directory, str(step), f))]
+               if not files.isfile(files.join(self.directory, str(step), f))]
     return f'missing {", ".join(missing)}' if missing else None
 
   def _unreadable_data(self, step):
@@ -95,9 +96,11 @@ class CheckpointStore:
     OCDBT store is read here, synchronously: a truncated or missing data file raises in this
     thread, where orbax's own restore would fail inside its event loop and leave background
     tasks printing tracebacks long after the restore returned."""
-    base = os.path.join(self.directory, str(step), 'state') + '/'
+    base = files.join(self.directory, str(step), 'state') + '/'
+    if not files.is_remote(base):
+      base = f'file://{base}'
     try:
-      store = ts.KvStore.open({'driver': 'ocdbt', 'base': f'file://{base}'}).result()
+      store = ts.KvStore.open({'driver': 'ocdbt', 'base': base}).result()
       keys = store.list().result()
       for start in range(0, len(keys), 64):  # a bounded number of values in memory at once
         for read in [store.read(k) for k in keys[start:start + 64]]:
@@ -167,10 +170,10 @@ class CheckpointStore:
 
   def _set_aside(self, step) -> str:
     name, n = f'damaged-{step}', 1
-    while os.path.exists(os.path.join(self.directory, name)):
+    while files.exists(files.join(self.directory, name)):
       n += 1
       name = f'damaged-{step}-{n}'
-    os.rename(os.path.join(self.directory, str(step)), os.path.join(self.directory, name))
+    files.rename(files.join(self.directory, str(step)), files.join(self.directory, name))
     self.manager.reload()
     return name
 

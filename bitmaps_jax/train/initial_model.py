@@ -3,11 +3,11 @@ fresh random model. `load` is the one entry: it reads the source, re-heads it fo
 and fits binary scales where the source had none.
 """
 
-import os
 
 import jax
 
 from bitmaps_jax.binary.schemes import BinarizeConfig
+from bitmaps_jax import files
 from bitmaps_jax.errors import UserError
 from bitmaps_jax.model import bert, binary_params, hf
 from bitmaps_jax.train.rundir import MODEL_CONFIG, RunDir
@@ -27,13 +27,14 @@ def model_overrides(config) -> dict:
 def read_checkpoint(path: str, what: str = 'init_checkpoint', float_only: bool = False):
   """(BertConfig, params) from a run directory of ours or a Hugging Face directory.
   float_only: binary weights dequantized (a distillation teacher)."""
-  if not os.path.exists(path):
+  if not files.exists(path):
     raise UserError(f'{path}: {what} not found')
   run = RunDir(path)
   if run.is_run():
     cfg, params = run.load_model()
-  elif os.path.isfile(os.path.join(path, hf.CONFIG_FILE)):
-    cfg, params = hf.load_hf_bert(path)
+  elif files.isfile(files.join(path, hf.CONFIG_FILE)):
+    with files.local_copy(path) as local:
+      cfg, params = hf.load_hf_bert(local)
   else:
     raise UserError(f'{path}: {what} is neither a run directory of ours ({MODEL_CONFIG}) '
                     f'nor a Hugging Face directory ({hf.CONFIG_FILE})')

@@ -1,13 +1,17 @@
 """Run output: console progress, workdir/metrics.jsonl, TensorBoard, the loss plot.
 
-Only the main process (process 0) writes; the others get a writer that does nothing.
+Only the main process (process 0) writes; the others get a writer that does nothing. A remote
+workdir gets the same files: metrics.jsonl is rewritten whole (object stores cannot append)
+and TensorBoard writes into a local staging directory copied up at each point.
 """
 
+import io
 import json
 import os
 import sys
 import time
 
+from bitmaps_jax import files
 from bitmaps_jax.train.rundir import LOSS_PLOT, METRICS, TENSORBOARD
 
 
@@ -16,40 +20,51 @@ class Reporter:
 
   def __init__(self, workdir: str, total_steps: int, enabled: bool = True, resume_step: int = 0):
     self.workdir, self.total, self.enabled = workdir, total_steps, enabled
-    self.path = os.path.join(workdir, METRICS)
-    self._tb = None
+    self.path = files.join(workdir, METRICS)
+    self._remote = files.is_remote(workdir)
+    self._lines = []  # a remote metrics.jsonl, rewritten whole at each point
+    self._tb = self._staged = None
     self._t0, self._s0 = time.time(), resume_step
     self._tty = sys.stderr.isatty()
     if enabled:
-      os.makedirs(workdir, exist_ok=True)
+      files.makedirs(workdir)
       self._truncate_after(resume_step)
+      tb_dir = files.join(workdir, TENSORBOARD)
+      if self._remote:
+        self._staged = files.StagedDir(tb_dir)
+        tb_dir = self._staged.local
       try:
         from tensorboardX import SummaryWriter
-        self._tb = SummaryWriter(os.path.join(workdir, TENSORBOARD))
+        self._tb = SummaryWriter(tb_dir)
       except ImportError:
         self._tb = None
 
   def _truncate_after(self, step: int):
     """A run killed after its last checkpoint logged points that the resumed run redoes."""
-    if not os.path.exists(self.path):
+    if not files.exists(self.path):
       return
-    with open(self.path) as f:
-      keep = [ln for ln in f if ln.strip() and json.loads(ln).get('step', 0) <= step]
-    tmp = self.path + '.tmp'
-    with open(tmp, 'w') as f:
-      f.writelines(keep)
-    os.replace(tmp, self.path)
+    lines = files.read_text(self.path).splitlines(keepends=True)
+    keep = [ln for ln in lines if ln.strip() and json.loads(ln).get('step', 0) <= step]
+    files.write_text(self.path, ''.join(keep))
+    self._lines = keep
 
   def write(self, step: int, split: str, metrics: dict):
     if not self.enabled:
       return
     point = {'step': int(step), 'split': split, **{k: float(v) for k, v in metrics.items()}}
-    with open(self.path, 'a') as f:
-      f.write(json.dumps(point) + '\n')
+    line = json.dumps(point) + '\n'
+    if self._remote:
+      self._lines.append(line)
+      files.write_text(self.path, ''.join(self._lines))
+    else:
+      with open(self.path, 'a') as f:
+        f.write(line)
     if self._tb is not None:
       for k, v in metrics.items():
         self._tb.add_scalar(f'{split}/{k}', float(v), int(step))
       self._tb.flush()
+      if self._staged is not None:
+        self._staged.sync()
 
   def progress(self, step: int, loss: float, items_per_s: float, unit: str = 'tok'):
     if not self.enabled:
@@ -76,6 +91,8 @@ class Reporter:
   def close(self):
     if self._tb is not None:
       self._tb.close()
+    if self._staged is not None:
+      self._staged.close()
 
 
 def _hms(seconds: float) -> str:
@@ -84,11 +101,10 @@ def _hms(seconds: float) -> str:
 
 
 def read_metrics(workdir: str):
-  path = os.path.join(workdir, METRICS)
-  if not os.path.exists(path):
+  path = files.join(workdir, METRICS)
+  if not files.exists(path):
     return []
-  with open(path) as f:
-    return [json.loads(ln) for ln in f if ln.strip()]
+  return [json.loads(ln) for ln in files.read_text(path).splitlines() if ln.strip()]
 
 
 def plot_losses(workdir: str, out_name: str = LOSS_PLOT):
@@ -105,11 +121,13 @@ def plot_losses(workdir: str, out_name: str = LOSS_PLOT):
       ax.plot(xs, ys, style, label=f'{split} loss')
   ax.set_xlabel('step')
   ax.set_ylabel('loss')
-  ax.set_title(os.path.basename(os.path.abspath(workdir)))
+  ax.set_title(os.path.basename(files.absolute(workdir).rstrip('/')))
   ax.grid(alpha=0.3)
   ax.legend()
-  path = os.path.join(workdir, out_name)
+  path = files.join(workdir, out_name)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  png = io.BytesIO()
+  fig.savefig(png, format='png', dpi=100)
   plt.close(fig)
+  files.write_bytes(path, png.getvalue())
   return path

@@ -14,13 +14,13 @@
 import contextlib
 import json
 import os
-import shutil
 import socket
 import sys
 import time
 
 import ml_collections
 
+from bitmaps_jax import files
 from bitmaps_jax.errors import UserError
 from bitmaps_jax.model.bert import BertConfig
 from bitmaps_jax.train import checkpoints
@@ -47,13 +47,6 @@ def _field(cfg: BertConfig, name: str):
   return cfg
 
 
-def _write_atomic(path: str, text: str):
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
 def _pid_alive(pid: int) -> bool:
   try:
     os.kill(pid, 0)
@@ -65,13 +58,14 @@ def _pid_alive(pid: int) -> bool:
 
 
 class RunDir:
-  """A run's directory. Reading methods raise `UserError` naming the file that is wrong."""
+  """A run's directory, local or remote (gs://...). Reading methods raise `UserError` naming
+  the file that is wrong."""
 
   def __init__(self, path: str):
-    self.path = path
+    self.path = os.fspath(path)
 
   def file(self, name: str) -> str:
-    return os.path.join(self.path, name)
+    return files.join(self.path, name)
 
   @property
   def checkpoint_dir(self) -> str:
@@ -90,7 +84,7 @@ class RunDir:
 
   def is_run(self) -> bool:
     """Whether this directory was written by train.py (it has a model config)."""
-    return os.path.isfile(self.file(MODEL_CONFIG))
+    return files.isfile(self.file(MODEL_CONFIG))
 
   def has_checkpoints(self) -> bool:
     return checkpoints.has_checkpoints(self.checkpoint_dir)
@@ -99,11 +93,10 @@ class RunDir:
 
   def _read_json(self, name: str, what: str):
     path = self.file(name)
-    if not os.path.isfile(path):
+    if not files.isfile(path):
       raise UserError(f'{self.path}: not a run directory (no {name})')
     try:
-      with open(path) as f:
-        return json.load(f)
+      return json.loads(files.read_text(path))
     except (OSError, ValueError) as e:
       raise UserError(f'{path}: unreadable {what} ({e})') from None
 
@@ -160,64 +153,82 @@ class RunDir:
     """What a later eval.py, export or init_checkpoint needs: the model and training configs
     and the vocabulary."""
     self.create()
-    _write_atomic(self.file(MODEL_CONFIG), json.dumps(model_cfg.to_dict(), indent=2))
-    _write_atomic(self.file(TRAIN_CONFIG), config.to_json(indent=2))
-    src = vocab_source if os.path.isfile(vocab_source) else os.path.join(vocab_source, VOCAB)
-    if os.path.isfile(src) and os.path.abspath(src) != os.path.abspath(self.vocab_file):
-      shutil.copyfile(src, self.vocab_file)
+    files.write_text(self.file(MODEL_CONFIG), json.dumps(model_cfg.to_dict(), indent=2))
+    files.write_text(self.file(TRAIN_CONFIG), config.to_json(indent=2))
+    src = vocab_source if files.isfile(vocab_source) else files.join(vocab_source, VOCAB)
+    if files.isfile(src) and files.absolute(src) != files.absolute(self.vocab_file):
+      files.copy(src, self.vocab_file)
 
   def write_json(self, name: str, obj) -> str:
     path = self.file(name)
-    _write_atomic(path, json.dumps(obj, indent=2))
+    files.write_text(path, json.dumps(obj, indent=2))
     return path
 
   # ------------------------------------------------------------------------- the lock
 
   def create(self):
     """Makes the directory, or says in one line why it cannot be written."""
+    if files.is_remote(self.path):
+      files.makedirs(self.path)  # a prefix in a bucket: permissions show at the first write
+      return
     if os.path.exists(self.path) and not os.path.isdir(self.path):
       raise UserError(f'{self.path}: workdir is a file, not a directory')
     try:
       os.makedirs(self.path, exist_ok=True)
     except OSError as e:
       raise UserError(f'{self.path}: cannot create the workdir ({e.strerror})') from None
-    if not os.access(self.path, os.W_OK | os.X_OK):
+    if not self.writable():
       raise UserError(f'{self.path}: workdir is not writable')
+
+  def writable(self) -> bool:
+    """Whether this process may write into the run (remote: assumed, shown at the first
+    write)."""
+    return files.is_remote(self.path) or os.access(self.path, os.W_OK | os.X_OK)
 
   @contextlib.contextmanager
   def lock(self, what: str = 'train'):
     """Holds RUN/run.lock so that one process at a time writes into the run. A lock left by
-    a process that no longer runs on this host (killed with kill -9) is taken over."""
+    a process that no longer runs on this host (killed with kill -9) is taken over. On a
+    remote workdir the lock is an object written after a check: it catches a second run
+    started later, not two started in the same instant."""
     self.create()
     path = self.file(LOCK)
     mine = {'pid': os.getpid(), 'host': socket.gethostname(), 'what': what,
             'since': time.strftime('%Y-%m-%d %H:%M:%S')}
     for _ in range(3):
-      try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-      except FileExistsError:
-        self._check_stale(path)
-        continue
-      with os.fdopen(fd, 'w') as f:
-        json.dump(mine, f)
-      break
+      if self._create_exclusive(path, json.dumps(mine)):
+        break
+      self._check_stale(path)
     else:
       raise UserError(f'{path}: could not take the run lock')
     try:
       yield
     finally:
       try:
-        with open(path) as f:
-          if json.load(f).get('pid') == mine['pid']:
-            os.remove(path)
+        if json.loads(files.read_text(path)).get('pid') == mine['pid']:
+          files.path(path).unlink()
       except (OSError, ValueError):
         pass
+
+  @staticmethod
+  def _create_exclusive(path: str, text: str) -> bool:
+    if files.is_remote(path):
+      if files.exists(path):
+        return False
+      files.write_text(path, text)
+      return True
+    try:
+      fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+      return False
+    with os.fdopen(fd, 'w') as f:
+      f.write(text)
+    return True
 
   def _check_stale(self, path: str):
     """Raises if the lock's holder still runs; removes a stale lock."""
     try:
-      with open(path) as f:
-        other = json.load(f)
+      other = json.loads(files.read_text(path))
     except (OSError, ValueError):
       other = {}
     pid, host = other.get('pid'), other.get('host')
@@ -228,6 +239,6 @@ class RunDir:
       raise UserError(f'{self.path}: in use by process {pid} on host {host}; if that run has '
                       f'ended, delete {path}')
     try:
-      os.remove(path)  # stale: its process is gone
+      files.path(path).unlink()  # stale: its process is gone
     except FileNotFoundError:
       pass

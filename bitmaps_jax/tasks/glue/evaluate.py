@@ -1,13 +1,14 @@
 """GLUE predictions and metrics: used during fine-tuning and by eval.py."""
 
 import csv
-import json
+import io
 import os
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from bitmaps_jax import files
 from bitmaps_jax.errors import UserError
 from bitmaps_jax.model import bert
 from bitmaps_jax.tasks import tokenizer as tokenizers
@@ -66,12 +67,13 @@ def report(task: glue_data.GlueTask, split: str, logits, labels) -> dict:
 
 def write_submission(task: glue_data.GlueTask, out_dir: str, idx, logits) -> str:
   """GLUE-submission file: `index<TAB>prediction` rows under a header."""
-  path = os.path.join(out_dir, task.submission_file)
-  with open(path, 'w', newline='') as f:
-    w = csv.writer(f, delimiter='\t', lineterminator='\n')
-    w.writerow(['index', 'prediction'])
-    for i, p in sorted(zip(idx.tolist(), np.argmax(logits, -1).tolist())):
-      w.writerow([i, p])
+  path = files.join(out_dir, task.submission_file)
+  text = io.StringIO()
+  w = csv.writer(text, delimiter='\t', lineterminator='\n')
+  w.writerow(['index', 'prediction'])
+  for i, p in sorted(zip(idx.tolist(), np.argmax(logits, -1).tolist())):
+    w.writerow([i, p])
+  files.write_text(path, text.getvalue())
   return path
 
 

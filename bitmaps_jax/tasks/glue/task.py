@@ -6,13 +6,13 @@ saved config holds the derived schedule.
 """
 
 import dataclasses
-import os
 from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bitmaps_jax import files
 from bitmaps_jax.errors import UserError
 from bitmaps_jax.model import bert
 from bitmaps_jax.model.bert import BertConfig
@@ -158,7 +158,7 @@ def make_batch_metrics(model, teacher_model, distill_cfg, labeled):
 def build_task(config, workdir: str):
   """(loop.Task, BertConfig) for fine-tuning on `config.task_name`; writes the run's files."""
   for field in ('teacher_checkpoint', 'init_checkpoint'):
-    if config[field] and not os.path.exists(config[field]):
+    if config[field] and not files.exists(config[field]):
       raise UserError(f'{config[field]}: config.{field} not found')
   if config.teacher_checkpoint and not config.init_checkpoint:
     config.init_checkpoint = config.teacher_checkpoint  # the student starts from the teacher

@@ -6,6 +6,7 @@ import tempfile
 import jax
 import numpy as np
 
+from bitmaps_jax import files
 from bitmaps_jax.errors import UserError
 from bitmaps_jax.model import bert
 from bitmaps_jax.tasks import tokenizer as tokenizers
@@ -47,17 +48,20 @@ def load_documents(data_cfg, seed: int):
 def _vocabulary(config, run: RunDir, train_docs, is_main: bool) -> str:
   """The tokenizer's vocab: configured, the init checkpoint's, or learned from the corpus."""
   vocab_source = tokenizers.tokenizer_source(config)
-  if vocab_source is None and run.is_run() and os.path.isfile(run.vocab_file):
+  if vocab_source is None and run.is_run() and files.isfile(run.vocab_file):
     saved = run.train_config().get('data', {}).get('vocab_size')
     if saved != config.data.vocab_size:
       raise UserError(f'config.data.vocab_size {config.data.vocab_size}: {run.vocab_file} was '
                       f'learned with vocab_size {saved}; use another workdir or the same value')
   if vocab_source is None:
-    vocab_dir = run.path if is_main else tempfile.mkdtemp()
-    os.makedirs(vocab_dir, exist_ok=True)
-    vocab_source = os.path.join(vocab_dir, VOCAB)
-    if not os.path.isfile(vocab_source):
-      mlm_data.train_wordpiece_vocab(train_docs, config.data.vocab_size, vocab_source)
+    vocab_source = run.vocab_file
+    if not is_main:  # every host learns the same vocabulary; only process 0 writes the run's
+      vocab_source = os.path.join(tempfile.mkdtemp(), VOCAB)
+    if not files.isfile(vocab_source):
+      files.makedirs(files.path(vocab_source).parent)
+      local = os.path.join(tempfile.mkdtemp(), VOCAB)
+      mlm_data.train_wordpiece_vocab(train_docs, config.data.vocab_size, local)
+      files.copy(local, vocab_source)
   return vocab_source
 
 

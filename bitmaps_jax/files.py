@@ -1,0 +1,136 @@
+"""The one path layer: every file a run reads or writes goes through here, so that a workdir,
+an export or a checkpoint may be local or remote (gs://BUCKET/..., any URI etils epath knows).
+
+etils epath is what orbax uses too. Libraries that only open local files (the tokenizer, the
+TensorBoard writer) get a local copy or a local staging directory from here; nothing ever
+turns a URI into a local directory named `gs:`.
+"""
+
+import contextlib
+import os
+import shutil
+import tempfile
+
+from etils import epath
+
+
+def is_remote(path) -> bool:
+  return '://' in os.fspath(path)
+
+
+def path(p) -> epath.Path:
+  return epath.Path(p)
+
+
+def absolute(p) -> str:
+  """`p` as an absolute path string; URIs are already absolute."""
+  p = os.fspath(p)
+  return p if is_remote(p) else os.path.abspath(p)
+
+
+def join(*parts) -> str:
+  return os.fspath(epath.Path(*parts))
+
+
+def exists(p) -> bool:
+  return path(p).exists()
+
+
+def isfile(p) -> bool:
+  return path(p).is_file()
+
+
+def isdir(p) -> bool:
+  return path(p).is_dir()
+
+
+def listdir(p) -> list:
+  return sorted(c.name for c in path(p).iterdir())
+
+
+def makedirs(p):
+  path(p).mkdir(parents=True, exist_ok=True)
+
+
+def read_text(p) -> str:
+  return path(p).read_text()
+
+
+def read_bytes(p) -> bytes:
+  return path(p).read_bytes()
+
+
+def write_bytes(p, data: bytes):
+  """Writes `p` whole or not at all: a local file through a temporary name and a rename;
+  a remote object is replaced atomically by the store itself."""
+  if is_remote(p):
+    path(p).write_bytes(data)
+    return
+  tmp = os.fspath(p) + '.tmp'
+  with open(tmp, 'wb') as f:
+    f.write(data)
+  os.replace(tmp, p)
+
+
+def write_text(p, text: str):
+  write_bytes(p, text.encode('utf-8'))
+
+
+def copy(src, dst):
+  write_bytes(dst, read_bytes(src))
+
+
+def rename(src, dst):
+  path(src).rename(dst)
+
+
+@contextlib.contextmanager
+def local_copy(p):
+  """A local path holding `p` (a file or a directory's files) for as long as the context
+  lasts: `p` itself when it is local."""
+  if not is_remote(p):
+    yield os.fspath(p)
+    return
+  tmp = tempfile.mkdtemp()
+  try:
+    src = path(p)
+    dst = os.path.join(tmp, src.name)
+    if src.is_dir():
+      os.makedirs(dst)
+      for child in src.iterdir():
+        if child.is_file():
+          with open(os.path.join(dst, child.name), 'wb') as f:
+            f.write(child.read_bytes())
+    else:
+      with open(dst, 'wb') as f:
+        f.write(src.read_bytes())
+    yield dst
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+class StagedDir:
+  """A local directory standing in for `target` (remote) for writers that only write local
+  files, such as TensorBoard's: `sync` copies what changed since the last call."""
+
+  def __init__(self, target):
+    self.target = target
+    self.local = tempfile.mkdtemp()
+    self._sizes = {}
+
+  def sync(self):
+    for dirpath, _, names in os.walk(self.local):
+      for name in names:
+        src = os.path.join(dirpath, name)
+        size = os.path.getsize(src)
+        if self._sizes.get(src) == size:
+          continue
+        dst = path(self.target) / os.path.relpath(src, self.local)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with open(src, 'rb') as f:
+          dst.write_bytes(f.read())
+        self._sizes[src] = size
+
+  def close(self):
+    self.sync()
+    shutil.rmtree(self.local, ignore_errors=True)
