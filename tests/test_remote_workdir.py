@@ -48,7 +48,8 @@ def gcs(tmp_path_factory):
                FSSPEC_GCS_TOKEN='anon',
                GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT='false',  # no gRPC bucket probe
                TENSORSTORE_GCS_HTTP_URL=url,             # tensorstore -> the fake
-               GOOGLE_AUTH_TOKEN_FOR_TESTING='fake')
+               GOOGLE_AUTH_TOKEN_FOR_TESTING='fake',
+               BITMAPS_JAX_CACHE=str(tmp_path_factory.mktemp('cache')))
     cwd = tmp_path_factory.mktemp('cwd')
 
     def run(*args):
@@ -69,7 +70,7 @@ def gcs(tmp_path_factory):
       assert out.returncode == 0, out.stderr[-2000:]
       return out.stdout
 
-    yield {'run': run, 'listing': listing, 'read': read, 'cwd': cwd}
+    yield {'run': run, 'listing': listing, 'read': read, 'cwd': cwd, 'env': env}
   finally:
     server.terminate()
     server.wait(10)
@@ -133,4 +134,33 @@ def test_glue_train_and_eval_on_gcs(gcs, tmp_path):
   result = json.loads(gcs['read'](f'{workdir}/eval_validation.json'))
   assert result['task'] == 'cola' and 'mcc' in result and result['checkpoint_step'] > 0
   assert 'run.lock' not in gcs['listing'](workdir)  # released
+  _no_local_gs(gcs['cwd'])
+
+
+def test_prepared_corpus_in_a_bucket(gcs, tmp_path):
+  from bitmaps_jax.tasks.mlm import data as mlm_data
+  docs = mlm_data.builtin_documents(300)
+  (tmp_path / 'corpus.txt').write_text('\n'.join(docs) + '\n')
+  vocab = mlm_data.train_wordpiece_vocab(docs, 128, str(tmp_path / 'vocab.txt'))
+  corpus = f'gs://{BUCKET}/corpus'
+  prepare = ['-m', 'bitmaps_jax', 'prepare_corpus', f'--vocab={vocab}', f'--out={corpus}',
+             f'--files={tmp_path / "corpus.txt"}', '--max_seq_length=32', '--docs_per_shard=100',
+             '--validation_documents=30', '--processes=1']
+  out = gcs['run'](*prepare)
+  assert out.returncode == 0, out.stderr[-3000:]
+  listed = gcs['listing'](corpus)
+  assert 'manifest.json' in listed and 'train-00000.npy' in listed, listed
+  assert 'already prepared' in gcs['run'](*prepare).stdout
+  # A host with an empty cache copies the corpus once, then trains from its memory maps.
+  cache = tmp_path / 'cache'
+  out = subprocess.run(
+      [sys.executable, _script('train.py'), *TINY, '--config.data.source=prepared',
+       f'--config.data.prepared_dir={corpus}', '--config.max_seq_length=32',
+       '--config.num_train_steps=3', f'--workdir=gs://{BUCKET}/from-prepared'],
+      cwd=gcs['cwd'], env=dict(gcs['env'], BITMAPS_JAX_CACHE=str(cache)), capture_output=True,
+      text=True, timeout=900)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert f'{corpus}: copied to {cache}' in out.stdout + out.stderr
+  copied = sorted(os.listdir(next((cache / 'prepared').iterdir())))
+  assert set(listed) <= set(copied), (listed, copied)
   _no_local_gs(gcs['cwd'])

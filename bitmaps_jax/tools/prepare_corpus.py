@@ -18,7 +18,7 @@ from bitmaps_jax.tasks.mlm import data as mlm_data
 from bitmaps_jax.tasks.mlm import prepared
 
 cli.define_once(flags.DEFINE_string, 'vocab', None, 'vocab.txt or an HF tokenizer directory.')
-flags.DEFINE_string('out', None, 'Output directory (local disk of every training host).')
+flags.DEFINE_string('out', None, 'Output directory, local or remote (gs://...).')
 flags.DEFINE_string('files', '', 'Comma-separated text files (instead of --tfds_name).')
 flags.DEFINE_enum('text_format', 'lines', ['lines', 'wikitext'],
                   'lines: one document per line; wikitext: articles under = Title = headings.')

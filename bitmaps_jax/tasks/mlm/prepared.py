@@ -9,6 +9,10 @@ Layout of a prepared directory:
     train-00000.npy ...    (windows, max_seq_length) uint16/uint32 token ids, one per shard
     valid-00000.npy
 
+The directory may be remote (gs://...): preparing writes it locally first and uploads it,
+manifest last; training copies it once to each host's local cache ($BITMAPS_JAX_CACHE, default
+~/.cache/bitmaps_jax), since memory maps need local files, and reuses that copy afterwards.
+
 Why numpy shards rather than grain + ArrayRecord: a window is a fixed-size row, so a memory
 map gives O(1) random access with no new dependency, opening is reading one small JSON file,
 and the order and masks are computed here from (seed, epoch, step, global row) with O(batch)
@@ -25,6 +29,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
+from bitmaps_jax import files
 from bitmaps_jax.errors import UserError
 
 MANIFEST = 'manifest.json'
@@ -144,32 +149,81 @@ class Split:
     return out
 
 
-class PreparedCorpus:
-  """Opens a prepared directory: reads the manifest and maps the shards, O(1) in the corpus."""
+def _read_manifest(path: str) -> dict:
+  manifest = files.join(path, MANIFEST)
+  if not files.isfile(manifest):
+    hint = (' (preparation was interrupted: run prepare_corpus again to finish it)'
+            if files.isfile(files.join(path, PROGRESS)) else '')
+    raise UserError(f'{path}: not a prepared corpus (no {MANIFEST}){hint}')
+  try:
+    out = json.loads(files.read_text(manifest))
+  except (OSError, ValueError) as e:
+    raise UserError(f'{manifest}: unreadable ({e})') from None
+  if out.get('format') != FORMAT:
+    raise UserError(f'{manifest}: format {out.get("format")!r} is not {FORMAT}')
+  return out
 
-  def __init__(self, path: str):
+
+def local_cache_dir(remote: str) -> str:
+  """Where this host keeps its copy of the remote prepared corpus `remote`."""
+  root = os.environ.get('BITMAPS_JAX_CACHE') or os.path.expanduser('~/.cache/bitmaps_jax')
+  return os.path.join(root, 'prepared', hashlib.sha256(remote.encode()).hexdigest()[:16])
+
+
+def _corpus_files(manifest: dict) -> list:
+  return ['vocab.txt'] + [e['file'] for split in ('train', 'valid')
+                          for e in manifest['shards'][split]]
+
+
+def _copy_file(src, dst, size=None, chunk: int = 64 << 20):
+  """Streams `src` to `dst` (either may be remote) unless `dst` already has `size` bytes."""
+  if size is not None and files.isfile(dst) and files.path(dst).stat().length == size:
+    return
+  if files.is_remote(dst):
+    with files.path(src).open('rb') as fin, files.path(dst).open('wb') as fout:
+      while block := fin.read(chunk):
+        fout.write(block)
+    return
+  with files.path(src).open('rb') as fin, open(dst + '.tmp', 'wb') as fout:
+    while block := fin.read(chunk):
+      fout.write(block)
+  os.replace(dst + '.tmp', dst)
+
+
+def fetch(remote: str, progress=print) -> str:
+  """A local copy of the remote prepared corpus `remote`, downloaded once per host (files
+  already there with the manifest's size are kept): its manifest is written last."""
+  manifest = _read_manifest(remote)
+  local = local_cache_dir(remote)
+  if files.isfile(os.path.join(local, MANIFEST)):
+    return local
+  os.makedirs(local, exist_ok=True)
+  t0 = time.time()
+  sizes = {e['file']: e.get('bytes') for split in manifest['shards'].values() for e in split}
+  for name in _corpus_files(manifest):
+    _copy_file(files.join(remote, name), os.path.join(local, name), sizes.get(name))
+  files.write_text(os.path.join(local, MANIFEST), json.dumps(manifest, indent=2))
+  progress(f'{remote}: copied to {local} in {time.time() - t0:.1f} s')
+  return local
+
+
+class PreparedCorpus:
+  """Opens a prepared directory: reads the manifest and maps the shards, O(1) in the corpus
+  (a remote directory is first copied to this host's cache, see `fetch`)."""
+
+  def __init__(self, path: str, progress=print):
     self.path = path
-    manifest = os.path.join(path, MANIFEST)
-    if not os.path.isfile(manifest):
-      hint = (' (preparation was interrupted: run prepare_corpus again to finish it)'
-              if os.path.isfile(os.path.join(path, PROGRESS)) else '')
-      raise UserError(f'{path}: not a prepared corpus (no {MANIFEST}){hint}')
-    try:
-      with open(manifest) as f:
-        self.manifest = json.load(f)
-    except (OSError, ValueError) as e:
-      raise UserError(f'{manifest}: unreadable ({e})') from None
-    if self.manifest.get('format') != FORMAT:
-      raise UserError(f'{manifest}: format {self.manifest.get("format")!r} is not {FORMAT}')
+    self.manifest = _read_manifest(path)
+    self._dir = fetch(path, progress) if files.is_remote(path) else path
     self.max_seq_length = self.manifest['max_seq_length']
-    self.vocab_file = os.path.join(path, 'vocab.txt')
+    self.vocab_file = os.path.join(self._dir, 'vocab.txt')
     self.train = self._split('train')
     self.valid = self._split('valid')
 
   def _split(self, name) -> Split:
     shards, starts = [], [0]
     for entry in self.manifest['shards'][name]:
-      file = os.path.join(self.path, entry['file'])
+      file = os.path.join(self._dir, entry['file'])
       try:
         arr = np.load(file, mmap_mode='r')
       except (OSError, ValueError) as e:
@@ -236,6 +290,10 @@ def prepare(documents: Sequence[str], vocab: str, out_dir: str, max_seq_length: 
   split. Re-running on the same output finishes an interrupted preparation; on a complete one
   it reports that it is done. Returns the manifest.
   """
+  if files.is_remote(out_dir):
+    return _prepare_remote(documents, vocab, out_dir, progress, max_seq_length=max_seq_length,
+                           docs_per_shard=docs_per_shard,
+                           validation_documents=validation_documents, processes=processes)
   import multiprocessing
   os.makedirs(out_dir, exist_ok=True)
   manifest_path = os.path.join(out_dir, MANIFEST)
@@ -289,7 +347,8 @@ def prepare(documents: Sequence[str], vocab: str, out_dir: str, max_seq_length: 
   for name, *_ in jobs:
     entry = done['shards'][name]
     if entry['windows']:
-      shards[entry['split']].append({'file': name, 'windows': entry['windows']})
+      shards[entry['split']].append({'file': name, 'windows': entry['windows'],
+                                     'bytes': entry['bytes']})
   entries = list(done['shards'].values())
   stats = {k: sum(e[k] for e in entries) for k in ('documents', 'tokens', 'windows', 'bytes')}
   stats['tokens_per_s'] = tokens_now / max(time.time() - t0, 1e-9)
@@ -298,4 +357,23 @@ def prepare(documents: Sequence[str], vocab: str, out_dir: str, max_seq_length: 
   manifest = {'format': FORMAT, 'max_seq_length': max_seq_length, 'dtype': np.dtype(dtype).name,
               'vocab_sha256': vocab_sha, 'shards': shards, 'stats': stats}
   _write_json(manifest_path, manifest)
+  return manifest
+
+
+def _prepare_remote(documents, vocab, out_dir: str, progress, **settings) -> dict:
+  """`prepare` into this host's cache for `out_dir`, then uploads it, manifest last (so a
+  training host on this machine finds it without downloading)."""
+  if files.isfile(files.join(out_dir, MANIFEST)):
+    manifest = _read_manifest(out_dir)
+    progress(f'{out_dir}: already prepared ({manifest["stats"]["windows"]} windows)')
+    return manifest
+  local = local_cache_dir(out_dir)
+  manifest = prepare(documents, vocab, local, progress=progress, **settings)
+  t0 = time.time()
+  files.makedirs(out_dir)
+  sizes = {e['file']: e.get('bytes') for split in manifest['shards'].values() for e in split}
+  for name in _corpus_files(manifest):
+    _copy_file(os.path.join(local, name), files.join(out_dir, name), sizes.get(name))
+  files.write_text(files.join(out_dir, MANIFEST), json.dumps(manifest, indent=2))
+  progress(f'{out_dir}: uploaded in {time.time() - t0:.1f} s')
   return manifest
