@@ -124,9 +124,17 @@ def test_glue_train_and_eval_on_gcs(gcs, tmp_path):
   write_glue_dir(tmp_path / 'glue')
   vocab = mlm_data.train_wordpiece_vocab(['the cat dog sees a ball runs big red house'], 64,
                                          str(tmp_path / 'vocab.txt'))
+  data = f'gs://{BUCKET}/glue'  # the GLUE files are read from the bucket too
+  out = gcs['run']('-c', 'import os, sys; from etils import epath\n'
+                   'for d, _, ns in os.walk(sys.argv[1]):\n'
+                   '  for n in ns:\n'
+                   '    rel = os.path.relpath(os.path.join(d, n), sys.argv[1])\n'
+                   '    (epath.Path(sys.argv[2]) / rel).write_bytes(open(os.path.join(d, n), "rb").read())',
+                   str(tmp_path / 'glue'), data)
+  assert out.returncode == 0, out.stderr[-2000:]
   workdir = f'gs://{BUCKET}/cola'
   out = gcs['run'](_script('train.py'), f'--config={REPO}/configs/glue.py:cola,tiny',
-                   f'--config.tokenizer={vocab}', f'--config.data_dir={tmp_path / "glue"}',
+                   f'--config.tokenizer={vocab}', f'--config.data_dir={data}',
                    '--config.num_epochs=1', f'--workdir={workdir}')
   assert out.returncode == 0, out.stderr[-3000:]
   out = gcs['run'](_script('eval.py'), f'--workdir={workdir}')

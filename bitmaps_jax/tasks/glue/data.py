@@ -1,11 +1,11 @@
 """GLUE single-sentence tasks: the task table, TSV and TFDS readers, length-bucketed batches."""
 
 import dataclasses
-import os
 from typing import List, Optional
 
 import numpy as np
 
+from bitmaps_jax import files
 from bitmaps_jax.errors import UserError
 
 
@@ -46,11 +46,10 @@ class Examples:
 
 def read_tsv(task: GlueTask, path: str, split: str) -> Examples:
   """Reads one GLUE TSV file; every bad row is reported as FILE:LINE: problem."""
-  if not os.path.isfile(path):
+  if not files.isfile(path):
     raise UserError(f'{path}: {split} split file not found')
   sentences, labels, idx = [], [], []
-  with open(path, 'rb') as f:
-    raw_lines = f.read().split(b'\n')
+  raw_lines = files.read_bytes(path).split(b'\n')
   lines = []
   for n, raw_line in enumerate(raw_lines, start=1):
     try:
@@ -107,7 +106,7 @@ def split_file(task: GlueTask, data_dir: str, split: str) -> str:
   if name is None:
     raise UserError(f'unknown split {split!r}; expected train, validation (dev), test, holdout '
                     f'or a .tsv file')
-  return os.path.join(data_dir, task.dir_name, f'{name}.tsv')
+  return files.join(data_dir, task.dir_name, f'{name}.tsv')
 
 
 def read_tfds(task: GlueTask, split: str, data_dir: Optional[str] = None) -> Examples:

@@ -6,12 +6,12 @@ position exactly, and each process of a multi-host run takes its own rows of the
 
 import collections
 import dataclasses
-import os
 import zlib
 from typing import Iterator, List, Optional, Sequence
 
 import numpy as np
 
+from bitmaps_jax import files
 from bitmaps_jax.errors import UserError
 
 SPECIAL_TOKENS = ('[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]')
@@ -26,11 +26,10 @@ def read_text_documents(path: str, text_format: str) -> List[str]:
   'wikitext': articles start at ' = Title = ' headings (sub-headings ' = = x = = ' do not
   split); 'lines': one document per non-empty line.
   """
-  if not os.path.isfile(path):
+  if not files.isfile(path):
     raise UserError(f'{path}: corpus file not found')
   try:
-    with open(path, encoding='utf-8') as f:
-      lines = f.read().splitlines()
+    lines = files.read_bytes(path).decode('utf-8').splitlines()
   except UnicodeDecodeError as e:
     raise UserError(f'{path}: not UTF-8 text ({e.reason} at byte {e.start})') from None
   if text_format == 'lines':
