@@ -36,15 +36,18 @@ class Preempted(Exception):
 
 class StopSignal:
   """Notes SIGTERM / SIGINT (a preemptible TPU VM gets SIGTERM ~30 s before it goes) so the
-  loop can finish its step and save. On several hosts JAX's preemption sync point makes them
-  all stop at the same step."""
+  loop can finish its step and save. On several hosts SIGTERM is left to JAX's preemption
+  service (a Python handler would hide it from the service): the notice of any host reaches
+  all of them, and its sync point makes them stop at the same step; one host stopping alone
+  would leave the others waiting in the next collective."""
 
   def __init__(self):
     self.received = None
     self._previous = {}
 
   def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
+    if (threading.current_thread() is threading.main_thread() and
+        jax.process_count() == 1):
       for sig in (signal.SIGTERM, signal.SIGINT):
         self._previous[sig] = signal.signal(sig, self._note)
     return self
