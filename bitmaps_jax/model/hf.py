@@ -9,7 +9,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import tempfile
 from typing import Optional
 
@@ -203,21 +202,14 @@ def save_hf_bert(config: BertConfig, params, out_dir: str, tokenizer: Optional[s
   """Writes config.json + model.safetensors that transformers' BERT classes load, and, given
   `tokenizer` (a vocab.txt or a directory with one), the tokenizer files for AutoTokenizer.
   A remote `out_dir` is written locally first, then copied up file by file."""
-  if files.is_remote(out_dir) or (tokenizer and files.is_remote(tokenizer)):
-    staging = tempfile.mkdtemp()
-    try:
-      with contextlib.ExitStack() as stack:
-        local_tok = tokenizer and stack.enter_context(files.local_copy(tokenizer))
-        local_out = staging if files.is_remote(out_dir) else out_dir
-        _save_hf_bert_local(config, params, local_out, local_tok)
-      if files.is_remote(out_dir):
-        files.makedirs(out_dir)
-        for name in sorted(os.listdir(staging)):
-          files.copy(os.path.join(staging, name), files.join(out_dir, name))
-    finally:
-      shutil.rmtree(staging, ignore_errors=True)
-    return
-  _save_hf_bert_local(config, params, out_dir, tokenizer)
+  with files.local_copy(tokenizer) if tokenizer else contextlib.nullcontext() as local_tok:
+    if not files.is_remote(out_dir):
+      return _save_hf_bert_local(config, params, out_dir, local_tok)
+    with tempfile.TemporaryDirectory() as staging:
+      _save_hf_bert_local(config, params, staging, local_tok)
+      files.makedirs(out_dir)
+      for name in sorted(os.listdir(staging)):
+        files.copy(os.path.join(staging, name), files.join(out_dir, name))
 
 
 def _save_hf_bert_local(config: BertConfig, params, out_dir: str, tokenizer: Optional[str]):

@@ -117,49 +117,47 @@ class CheckpointStore:
     reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return reason.split(' See full')[0][:160]
 
-  def restore_latest(self, target_state, report=print):
-    """(step, state, meta) of the newest checkpoint that restores, or None when there is none.
-
-    A checkpoint whose files cannot be read is reported in one line and renamed
-    `damaged-STEP` (nothing is deleted); one that reads but does not fit `target_state` is
-    another model's, a `UserError`.
-    """
-    while True:
-      step = self.latest_step()
-      if step is None:
-        return None
+  def _newest_restorable(self, restore, report, set_aside: bool):
+    """(step, restore(step)) for the newest step that restores, or None. A damaged step is
+    reported in one line and, with `set_aside`, renamed `damaged-STEP` (nothing is deleted);
+    a failure on a step whose params read back is not damage and is raised."""
+    for step in sorted(self.manager.all_steps(), reverse=True):
       reason = self._damage(step)
       if reason is None:
         try:
           with _stderr_captured() as noise:
-            state, meta = self.restore(step, target_state)
+            out = restore(step)
           sys.stderr.write(noise[0])  # a good restore hides nothing
-          return step, state, meta
+          return step, out
         except Exception as e:  # orbax and tensorstore raise many types for damaged files
           with _stderr_captured():
             readable = self._params_readable(step)
           if readable:
             raise
           reason = self._damaged(step, e)
-      aside = self._set_aside(step)
-      report(f'{self.directory}/{step}: damaged checkpoint ({reason}); set aside as '
-             f'{aside}, trying the previous one')
+      action = f'set aside as {self._set_aside(step)}, ' if set_aside else ''
+      report(f'{self.directory}/{step}: damaged checkpoint ({reason}); {action}'
+             f'trying the previous one')
+    return None
+
+  def restore_latest(self, target_state, report=print):
+    """(step, state, meta) of the newest checkpoint that restores, or None when there is none.
+
+    A damaged checkpoint is reported and set aside; one that reads but does not fit
+    `target_state` is another model's, a `UserError`.
+    """
+    found = self._newest_restorable(lambda step: self.restore(step, target_state), report,
+                                    set_aside=True)
+    return None if found is None else (found[0], *found[1])
 
   def restore_latest_params(self, report=print):
     """(step, params) of the newest checkpoint whose params read back, for commands that only
     read a run: a damaged one is reported in one line and skipped, not renamed."""
-    for step in sorted(self.manager.all_steps(), reverse=True):
-      reason = self._damage(step)
-      if reason is None:
-        try:
-          with _stderr_captured() as noise:
-            params = jax.block_until_ready(self.restore_params(step))
-          sys.stderr.write(noise[0])
-          return step, params
-        except Exception as e:  # noqa: BLE001 -- any failure to read means damage
-          reason = self._damaged(step, e)
-      report(f'{self.directory}/{step}: damaged checkpoint ({reason}); trying the previous one')
-    raise UserError(f'{self.directory}: no checkpoint could be restored')
+    found = self._newest_restorable(
+        lambda step: jax.block_until_ready(self.restore_params(step)), report, set_aside=False)
+    if found is None:
+      raise UserError(f'{self.directory}: no checkpoint could be restored')
+    return found
 
   def _params_readable(self, step) -> bool:
     try:

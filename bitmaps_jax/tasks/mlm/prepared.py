@@ -190,20 +190,24 @@ def _copy_file(src, dst, size=None, chunk: int = 64 << 20):
   os.replace(dst + '.tmp', dst)
 
 
-def fetch(remote: str, progress=print) -> str:
-  """A local copy of the remote prepared corpus `remote`, downloaded once per host (files
-  already there with the manifest's size are kept): its manifest is written last."""
-  manifest = _read_manifest(remote)
-  local = local_cache_dir(remote)
-  if files.isfile(os.path.join(local, MANIFEST)):
-    return local
-  os.makedirs(local, exist_ok=True)
-  t0 = time.time()
+def _copy_corpus(manifest: dict, src: str, dst: str):
+  """Copies a complete prepared corpus (files `dst` already has whole are kept), manifest
+  last, so an interrupted copy is never taken for a complete one."""
+  files.makedirs(dst)
   sizes = {e['file']: e.get('bytes') for split in manifest['shards'].values() for e in split}
   for name in _corpus_files(manifest):
-    _copy_file(files.join(remote, name), os.path.join(local, name), sizes.get(name))
-  files.write_text(os.path.join(local, MANIFEST), json.dumps(manifest, indent=2))
-  progress(f'{remote}: copied to {local} in {time.time() - t0:.1f} s')
+    _copy_file(files.join(src, name), files.join(dst, name), sizes.get(name))
+  _write_json(files.join(dst, MANIFEST), manifest)
+
+
+def fetch(remote: str, progress=print) -> str:
+  """A local copy of the remote prepared corpus `remote`, downloaded once per host."""
+  manifest = _read_manifest(remote)
+  local = local_cache_dir(remote)
+  if not files.isfile(os.path.join(local, MANIFEST)):
+    t0 = time.time()
+    _copy_corpus(manifest, remote, local)
+    progress(f'{remote}: copied to {local} in {time.time() - t0:.1f} s')
   return local
 
 
@@ -274,10 +278,7 @@ def _tokenize_chunk(args):
 
 
 def _write_json(path, obj):
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=2)
-  os.replace(tmp, path)
+  files.write_text(path, json.dumps(obj, indent=2))
 
 
 def prepare(documents: Sequence[str], vocab: str, out_dir: str, max_seq_length: int = 128,
@@ -370,10 +371,6 @@ def _prepare_remote(documents, vocab, out_dir: str, progress, **settings) -> dic
   local = local_cache_dir(out_dir)
   manifest = prepare(documents, vocab, local, progress=progress, **settings)
   t0 = time.time()
-  files.makedirs(out_dir)
-  sizes = {e['file']: e.get('bytes') for split in manifest['shards'].values() for e in split}
-  for name in _corpus_files(manifest):
-    _copy_file(os.path.join(local, name), files.join(out_dir, name), sizes.get(name))
-  files.write_text(files.join(out_dir, MANIFEST), json.dumps(manifest, indent=2))
+  _copy_corpus(manifest, local, out_dir)
   progress(f'{out_dir}: uploaded in {time.time() - t0:.1f} s')
   return manifest

@@ -54,14 +54,14 @@ def _vocabulary(config, run: RunDir, train_docs, is_main: bool) -> str:
       raise UserError(f'config.data.vocab_size {config.data.vocab_size}: {run.vocab_file} was '
                       f'learned with vocab_size {saved}; use another workdir or the same value')
   if vocab_source is None:
-    vocab_source = run.vocab_file
-    if not is_main:  # every host learns the same vocabulary; only process 0 writes the run's
-      vocab_source = os.path.join(tempfile.mkdtemp(), VOCAB)
+    # Every host learns the same vocabulary; only process 0 writes the run's.
+    vocab_source = run.vocab_file if is_main else os.path.join(tempfile.mkdtemp(), VOCAB)
     if not files.isfile(vocab_source):
-      files.makedirs(files.path(vocab_source).parent)
-      local = os.path.join(tempfile.mkdtemp(), VOCAB)
-      mlm_data.train_wordpiece_vocab(train_docs, config.data.vocab_size, local)
-      files.copy(local, vocab_source)
+      with tempfile.TemporaryDirectory() as tmp:  # the learner writes local files only
+        local = mlm_data.train_wordpiece_vocab(train_docs, config.data.vocab_size,
+                                               os.path.join(tmp, VOCAB))
+        files.makedirs(files.path(vocab_source).parent)
+        files.copy(local, vocab_source)
   return vocab_source
 
 
