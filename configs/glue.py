@@ -51,7 +51,10 @@ def get_config(arg: str = 'cola'):
   # (needs teacher_checkpoint); num_epochs then counts passes over originals + copies.
   config.augment = ml_collections.ConfigDict()
   config.augment.copies = 0
-  config.augment.max_edits = 2
+  config.augment.method = 'edits'  # edits, or neighbours (teacher word-embedding neighbours)
+  config.augment.max_edits = 2  # edits: 1..max_edits edits per copy
+  config.augment.replace_prob = 0.4  # neighbours: chance that a word is replaced
+  config.augment.neighbours = 15  # neighbours: how many nearest words a replacement comes from
 
   config.per_device_batch_size = 32
   config.num_epochs = 3.0

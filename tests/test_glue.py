@@ -226,6 +226,42 @@ def test_perturbed_copies_are_distilled_but_not_in_the_task_loss(tmp_path, glue_
                        rng, False, task.teacher_params)
   assert float(att_only['loss']) == pytest.approx(float(att_only['attention_kl']), rel=1e-5)
   assert att_only['attention_kl'] > 0  # the binarized student attends differently
+  # Copies from the teacher's word-embedding neighbours: every replacement is a vocabulary word.
+  cfg.augment.update(method='neighbours', neighbours=3, replace_prob=0.5)
+  task, _ = finetuning.build_task(cfg, str(tmp_path / 'student_nb'))
+  tokenizer = finetuning.tokenizers.load_tokenizer(cfg.teacher_checkpoint)
+  data = finetuning.load_data(cfg, tokenizer, finetuning.load_teacher(cfg, _))
+  originals, copies = data.train.sentences[:48], data.train.sentences[48:]
+  assert len(copies) == 96 and all(c != o for c, o in zip(copies, originals * 2))
+  whole_words = {t for t in tokenizer.get_vocab() if t.isalpha()}
+  assert {w for c in copies for w in c.split()} <= whole_words
+  cfg.augment.method = 'synonyms'
+  with pytest.raises(UserError, match="augment.method must be one of edits, neighbours, got 's"):
+    finetuning.build_task(cfg, str(tmp_path / 'student_bad'))
+
+
+def test_embedding_neighbours_are_the_nearest_other_whole_words():
+  vocab = {'[PAD]': 0, 'cat': 1, 'dog': 2, 'car': 3, '##s': 4, '.': 5, 'kitten': 6}
+  emb = np.array([[0, 0, 1], [1, 0, 0], [0.8, 0.6, 0], [0, 1, 0], [1, 0.01, 0], [1, 0, 0.01],
+                  [2, 0.2, 0]], np.float32)  # cosine, not length: 'kitten' is long but close
+  nb = augment.embedding_neighbours(['cat', 'car', '.', '##s', 'unknown'], vocab, emb, k=2)
+  assert nb == {'cat': ['kitten', 'dog'], 'car': ['dog', 'kitten']}
+  with pytest.raises(UserError, match='augment.neighbours must be >= 1'):
+    augment.embedding_neighbours(['cat'], vocab, emb, k=0)
+
+
+def test_neighbour_copies_replace_words_and_keep_punctuation_and_capitals():
+  nb = {'cat': ['kitten'], 'runs': ['walks']}
+  sents = ['The cat runs.', '"Cat" sleeps', 'nothing here']
+  copies = augment.neighbour_copies(sents, 2, nb, replace_prob=1.0, seed=0)
+  assert copies == ['The kitten walks.', '"Kitten" sleeps', 'nothing here'] * 2
+  low = augment.neighbour_copies(sents, 50, nb, replace_prob=0.1, seed=3)
+  assert low == augment.neighbour_copies(sents, 50, nb, replace_prob=0.1, seed=3)
+  first = low[0::3]  # copies of 'The cat runs.': at least one word, both only sometimes
+  assert all(c != 'The cat runs.' for c in first)
+  assert 0 < sum(c == 'The kitten walks.' for c in first) < 25
+  with pytest.raises(UserError, match=r'replace_prob must be in \(0, 1\], got 0.0'):
+    augment.neighbour_copies(sents, 1, nb, replace_prob=0.0, seed=0)
 
 
 def test_binary_bert_fits_64_training_sentences(tmp_path, glue_config):

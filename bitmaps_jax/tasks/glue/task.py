@@ -49,7 +49,8 @@ def _subset(examples: glue_data.Examples, n: int, seed: int) -> glue_data.Exampl
                             examples.idx[keep])
 
 
-def _with_perturbed_copies(train: glue_data.Examples, config):
+def _with_perturbed_copies(train: glue_data.Examples, config, tokenizer=None,
+                           teacher: Optional[Teacher] = None):
   """(examples, labeled) with `config.augment.copies` perturbed copies of every training
   sentence appended; labeled is None when there are none."""
   aug = config.get('augment')
@@ -58,7 +59,19 @@ def _with_perturbed_copies(train: glue_data.Examples, config):
   if not config.teacher_checkpoint:
     raise UserError('config.augment.copies needs a teacher_checkpoint: perturbed copies have '
                     'no gold label and are learned from the teacher only')
-  extra = augment.perturbed_copies(train.sentences, aug.copies, aug.max_edits, config.seed)
+  method = aug.get('method', 'edits')
+  if method not in augment.METHODS:
+    raise UserError(f'config.augment.method must be one of {", ".join(augment.METHODS)}, '
+                    f'got {method!r}')
+  if method == 'edits':
+    extra = augment.perturbed_copies(train.sentences, aug.copies, aug.max_edits, config.seed)
+  else:
+    words = {augment.split_word(w)[1].lower() for s in train.sentences for w in s.split()}
+    table = teacher.params['bert']['embeddings']['word_embeddings']['embedding']
+    neighbours = augment.embedding_neighbours(words, tokenizer.get_vocab(), np.asarray(table),
+                                              aug.neighbours)
+    extra = augment.neighbour_copies(train.sentences, aug.copies, neighbours,
+                                     aug.replace_prob, config.seed)
   n = len(train.sentences)
   train = glue_data.Examples(train.sentences + extra,
                              np.concatenate([train.labels, np.zeros(len(extra), np.int32)]),
@@ -66,7 +79,7 @@ def _with_perturbed_copies(train: glue_data.Examples, config):
   return train, np.arange(len(train.sentences)) < n
 
 
-def load_data(config, tokenizer) -> GlueData:
+def load_data(config, tokenizer, teacher: Optional[Teacher] = None) -> GlueData:
   """Training and evaluation splits, tokenized, and this process's training batches."""
   task = glue_data.get_task(config.task_name)
   holdout = config.get('holdout_examples', 0)
@@ -74,7 +87,7 @@ def load_data(config, tokenizer) -> GlueData:
                                        holdout), config.max_train_examples, config.seed)
   valid = glue_data.load_split(task, config.eval_split, config.data_dir, config.tfds_data_dir,
                                holdout)
-  train, labeled = _with_perturbed_copies(train, config)
+  train, labeled = _with_perturbed_copies(train, config, tokenizer, teacher)
   train_ids = glue_data.tokenize(train, tokenizer, config.max_seq_length)
   valid_ids = glue_data.tokenize(valid, tokenizer, config.max_seq_length)
   batches = glue_data.TrainBatches(
@@ -171,7 +184,7 @@ def build_task(config, workdir: str):
                                          vocab_size=len(tokenizer),
                                          num_labels=task_def.num_labels)
   teacher = load_teacher(config, model_cfg)
-  data = load_data(config, tokenizer)
+  data = load_data(config, tokenizer, teacher)
   derive_schedule(config, data.batches.steps_per_epoch)
   run = RunDir(workdir)
   run.check_resumable(model_cfg)
