@@ -14,7 +14,6 @@ from bitmaps_jax.model import bert as models
 from bitmaps_jax.tasks.glue import augment, distill
 from bitmaps_jax.tasks.glue import data as glue_data
 from bitmaps_jax.tasks.glue import task as finetuning
-from bitmaps_jax.tasks.mlm import data as mlm_data
 from bitmaps_jax.errors import UserError
 
 COLA = glue_data.TASKS['cola']
