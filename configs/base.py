@@ -23,6 +23,7 @@ def get_base_config():
   # Dense-kernel scheme: per_tensor, per_channel, statistics (no learned scales), rank1.
   config.binarize.granularity = 'per_tensor'
   config.binarize.center = False
+  config.binarize.center_embeddings = False  # sign(E - mean) for the alpha/gamma embeddings
   config.binarize.gamma_init = 'mean'  # or zero
 
   config.per_device_batch_size = 32

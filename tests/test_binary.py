@@ -76,10 +76,11 @@ def test_statistics_scales_have_no_parameters_and_follow_the_weights():
 
 
 @pytest.mark.parametrize('variant', list(schemes.EMBEDDING_SCHEMES))
-def test_embedding_lookup_and_decoder_match_dense_table(variant):
+@pytest.mark.parametrize('center', [False, True])
+def test_embedding_lookup_and_decoder_match_dense_table(variant, center):
   rng = np.random.default_rng(1)
-  table = jnp.asarray(rng.normal(size=(50, 8)), jnp.float32)
-  scheme = BinarizeConfig(embeddings=variant).embedding_scheme
+  table = jnp.asarray(rng.normal(size=(50, 8)) + rng.normal(size=(50, 1)), jnp.float32)
+  scheme = BinarizeConfig(embeddings=variant, center_embeddings=center).embedding_scheme
   scales = scheme.init_scales(table)
   assert tuple(scales) == scheme.scale_names
   dense = scheme.dequantize(table, scales)
@@ -88,6 +89,26 @@ def test_embedding_lookup_and_decoder_match_dense_table(variant):
   h = jnp.asarray(rng.normal(size=(2, 3, 8)), jnp.float32)
   np.testing.assert_allclose(scheme.decode(table, h, scales), h @ dense.T, rtol=1e-5,
                              atol=1e-5)
+
+
+def test_centred_per_token_embedding_takes_signs_around_each_row_mean():
+  rng = np.random.default_rng(6)
+  offsets = rng.normal(size=(30, 1)) * 2.0  # rows far from zero: plain signs are all alike
+  table = rng.normal(size=(30, 8)) + offsets
+  centred = BinarizeConfig(embeddings='per_token', center_embeddings=True).embedding_scheme
+  s = centred.init_scales(table)
+  mu = table.mean(axis=1, keepdims=True)
+  np.testing.assert_allclose(s['alpha'], np.abs(table - mu).mean(axis=1), rtol=1e-5)
+  np.testing.assert_allclose(s['gamma'], mu[:, 0], rtol=1e-5, atol=1e-6)
+  dense = np.asarray(centred.dequantize(jnp.asarray(table), s))
+  expected = s['alpha'][:, None] * np.where(table - mu >= 0, 1, -1) + mu
+  np.testing.assert_allclose(dense, expected, rtol=1e-5, atol=1e-6)
+  plain = schemes.PerTokenEmbedding()
+  plain_dense = plain.dequantize(jnp.asarray(table), plain.init_scales(table))
+  assert np.linalg.norm(table - dense) < 0.8 * np.linalg.norm(table - plain_dense)
+  # The dense schemes keep their own switch: centring embeddings leaves kernels alone.
+  cfg = BinarizeConfig(layers=True, embeddings='per_token', center_embeddings=True)
+  assert not cfg.dense_scheme.center and cfg.embedding_scheme.center
 
 
 def test_rank1_init_is_best_rank1_approximation_of_magnitudes():

@@ -15,10 +15,12 @@ VARIANTS = ['none', 'scalar', 'per_dim', 'per_token', 'rank1']
 DENSE = ['per_tensor', 'per_channel', 'statistics', 'rank1']
 
 
-def _model(variant, center=False, granularity='per_tensor', architecture='BertForMaskedLM'):
+def _model(variant, center=False, granularity='per_tensor', architecture='BertForMaskedLM',
+           center_embeddings=False):
   cfg = models.model_config('tiny', architecture=architecture,
                             binarize=dict(layers=True, embeddings=variant, center=center,
-                                          granularity=granularity))
+                                          granularity=granularity,
+                                          center_embeddings=center_embeddings))
   params = models.init_params(cfg, jax.random.PRNGKey(0))
   # Move away from the initial state so that the check is not about init-time values.
   params = jax.tree_util.tree_map(
@@ -38,6 +40,17 @@ def test_packed_file_reproduces_binarized_model(tmp_path, variant):
   export.save_packed(cfg, params, path, float_dtype='float32')
   cfg2, params2 = export.load_packed(path)
   np.testing.assert_array_equal(_logits(cfg2, params2), _logits(cfg, params))
+
+
+@pytest.mark.parametrize('variant', ['scalar', 'per_dim', 'per_token'])
+def test_packed_file_reproduces_centred_embeddings(tmp_path, variant):
+  cfg, params = _model(variant, center_embeddings=True)
+  path = str(tmp_path / 'model.bitmaps')
+  export.save_packed(cfg, params, path, float_dtype='float32')
+  cfg2, params2 = export.load_packed(path)
+  assert not cfg2.binarize.center_embeddings  # the file holds signs already centred
+  np.testing.assert_allclose(_logits(cfg2, params2), _logits(cfg, params), rtol=1e-5,
+                             atol=1e-5)
 
 
 @pytest.mark.parametrize('granularity', DENSE)

@@ -185,7 +185,9 @@ class Rank1Dense(DenseScheme):
 @dataclasses.dataclass(frozen=True)
 class EmbeddingScheme(Scheme):
   """A (vocab, hidden) table: `lookup` gathers rows, `decode` is the tied decoder h @ E_b^T,
-  each one +-1 product between elementwise scalings. Embeddings are never centred."""
+  each one +-1 product between elementwise scalings. `center` (config
+  `binarize.center_embeddings`) centres the alpha/gamma variants over each scale's group."""
+  packed_config_changes: ClassVar[Dict[str, object]] = {'center_embeddings': False}
 
   def lookup(self, table, ids, scales):
     raise NotImplementedError
@@ -216,9 +218,21 @@ class _AlphaGammaEmbedding(EmbeddingScheme):
   scale_names: ClassVar[Tuple[str, ...]] = ('alpha', 'gamma')
   axes: ClassVar[Tuple[int, ...]] = (0, 1)
 
+  def centre(self, w):
+    if not self.center:
+      return jnp.zeros((), w.dtype)
+    return jnp.mean(w, axis=self.axes, keepdims=True)
+
+  def _centre_of_rows(self, table, rows):
+    """The centre broadcastable against looked-up rows (..., hidden): a per-token centre
+    needs only those rows, the others the whole table."""
+    if self.center and self.axes == (1,):
+      return jnp.mean(rows, axis=-1, keepdims=True)
+    return self.centre(table)[0] if self.center else jnp.zeros((), rows.dtype)
+
   def init_scales(self, w):
     w = jnp.asarray(w, jnp.float32)
-    return {'alpha': jnp.mean(jnp.abs(w), axis=self.axes),
+    return {'alpha': jnp.mean(jnp.abs(w - self.centre(w)), axis=self.axes),
             'gamma': _gamma(w, self.axes, self.gamma_init)}
 
   def _row_scales(self, scales, ids=None):
@@ -226,16 +240,17 @@ class _AlphaGammaEmbedding(EmbeddingScheme):
     return scales['alpha'], scales['gamma']
 
   def lookup(self, table, ids, scales):
-    signs = sign_ste(jnp.take(table, ids, axis=0), self.clip)
+    rows = jnp.take(table, ids, axis=0)
+    signs = sign_ste(rows - self._centre_of_rows(table, rows), self.clip)
     a, g = self._row_scales(scales, ids)
     return a * signs + g
 
   def dequantize(self, w, scales):
     a, g = self._row_scales(scales)
-    return a * sign_ste(w) + g
+    return a * self.signs(w) + g
 
   def decode(self, table, h, scales):
-    signs = sign_ste(table, self.clip).astype(h.dtype)
+    signs = self.signs(table).astype(h.dtype)
     a, g = (scales[n].astype(h.dtype) for n in ('alpha', 'gamma'))
     return a * jnp.matmul(h, signs.T) + g * jnp.sum(h, -1, keepdims=True)
 
@@ -254,7 +269,7 @@ class PerDimEmbedding(_AlphaGammaEmbedding):
   axes: ClassVar[Tuple[int, ...]] = (0,)
 
   def decode(self, table, h, scales):
-    signs = sign_ste(table, self.clip).astype(h.dtype)
+    signs = self.signs(table).astype(h.dtype)
     a, g = (scales[n].astype(h.dtype) for n in ('alpha', 'gamma'))
     return jnp.matmul(h * a, signs.T) + jnp.sum(h * g, -1, keepdims=True)
 
@@ -275,7 +290,7 @@ class PerTokenEmbedding(_AlphaGammaEmbedding):
 @dataclasses.dataclass(frozen=True)
 class Rank1Embedding(EmbeddingScheme):
   """E_b[i, j] = u_i v_j B[i, j]: a lookup is u_i * (v * B[i]), the decoder
-  u * ((h * v) @ B^T). Initialised from the best rank-1 fit of |E|."""
+  u * ((h * v) @ B^T). Initialised from the best rank-1 fit of |E|. Ignores `center`."""
   name: ClassVar[str] = 'rank1'
   scale_names: ClassVar[Tuple[str, ...]] = ('u', 'v')
 
@@ -316,6 +331,8 @@ class BinarizeConfig:
     clip: STE gradient passes where |w| <= clip; None passes it everywhere.
     granularity: dense-kernel scheme, a key of DENSE_SCHEMES.
     center: take the sign of w - mean(w) (alpha/gamma dense schemes).
+    center_embeddings: the same for the alpha/gamma embedding variants, the mean taken over
+      each scale's group (per_token: each row, as the published 1-1-x models binarize).
     gamma_init: initialise gamma from mean(w) or from zero.
   """
   layers: bool = False
@@ -323,6 +340,7 @@ class BinarizeConfig:
   clip: Optional[float] = 1.0
   granularity: str = 'per_tensor'
   center: bool = False
+  center_embeddings: bool = False
   gamma_init: str = 'mean'
 
   def __post_init__(self):
@@ -359,4 +377,5 @@ class BinarizeConfig:
 
   @property
   def embedding_scheme(self) -> EmbeddingScheme:
-    return EMBEDDING_SCHEMES[self.embeddings](clip=self.clip, gamma_init=self.gamma_init)
+    return EMBEDDING_SCHEMES[self.embeddings](clip=self.clip, gamma_init=self.gamma_init,
+                                              center=self.center_embeddings)

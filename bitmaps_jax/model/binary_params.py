@@ -88,8 +88,7 @@ def packed_form(config: BertConfig, params):
       del flat[path[:-1] + (n,)]
     flat[path] = signs
     flat.update({path[:-1] + (n,): v for n, v in scales.items()})
-    if path[-1] == 'kernel':
-      changes.update(scheme.packed_config_changes)
+    changes.update(scheme.packed_config_changes)
   stored = config.replace(binarize=dict(config.binarize.__dict__, **changes))
   return stored, flat, frozenset(schemes)
 
