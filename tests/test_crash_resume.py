@@ -135,7 +135,7 @@ def test_sigterm_saves_and_the_next_run_loses_no_step(tmp_path):
                          cwd=REPO, capture_output=True, text=True, timeout=600,
                          env=dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2'))
   assert again.returncode == 0, again.stderr[-2000:]
-  assert f'resuming from' in again.stderr
+  assert 'resuming from' in again.stderr
   stop_valid, train_steps = _final_valid(stop_dir)
   full_valid, _ = _final_valid(full_dir)
   assert stop_valid == full_valid

@@ -12,7 +12,6 @@ from bitmaps_jax import cli
 from bitmaps_jax.tasks.mlm import task as pretraining
 from bitmaps_jax.train import loop as trainer
 from bitmaps_jax.train import optim, parallel
-from bitmaps_jax.errors import UserError
 
 
 def _first_loss(task, config, mesh):

@@ -2,3 +2,5 @@
 
 from bitmaps_jax.binary.schemes import BinarizeConfig
 from bitmaps_jax.binary.ste import sign_ste
+
+__all__ = ['BinarizeConfig', 'sign_ste']
