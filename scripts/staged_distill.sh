@@ -6,10 +6,11 @@
 # STAGE1_LR / STAGE2_LR (default 5e-4 / 2e-4) and STAGE1_EPOCHS / STAGE2_EPOCHS (default 2 / 2)
 # set the schedules; AUGMENT=N perturbed copies of every sentence in both stages (default 2).
 set -euo pipefail
-task=${1:?usage: scripts/staged_distill.sh TASK TEACHER_RUN OUT DATA_DIR [flags]}
-teacher=${2:?usage: scripts/staged_distill.sh TASK TEACHER_RUN OUT DATA_DIR [flags]}
-out=${3:?usage: scripts/staged_distill.sh TASK TEACHER_RUN OUT DATA_DIR [flags]}
-data=${4:?usage: scripts/staged_distill.sh TASK TEACHER_RUN OUT DATA_DIR [flags]}
+if (( $# < 4 )); then
+  echo "usage: scripts/staged_distill.sh TASK TEACHER_RUN OUT DATA_DIR [flags]" >&2
+  exit 2
+fi
+task=$1 teacher=$2 out=$3 data=$4
 shift 4
 common=(--config "configs/glue.py:$task" --config.data_dir="$data"
         --config.teacher_checkpoint="$teacher" --config.augment.copies="${AUGMENT:-2}")
