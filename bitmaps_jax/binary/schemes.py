@@ -224,11 +224,8 @@ class _AlphaGammaEmbedding(EmbeddingScheme):
     return jnp.mean(w, axis=self.axes, keepdims=True)
 
   def _centre_of_rows(self, table, rows):
-    """The centre broadcastable against looked-up rows (..., hidden): a per-token centre
-    needs only those rows, the others the whole table."""
-    if self.center and self.axes == (1,):
-      return jnp.mean(rows, axis=-1, keepdims=True)
-    return self.centre(table)[0] if self.center else jnp.zeros((), rows.dtype)
+    """The centre broadcastable against looked-up rows (..., hidden)."""
+    return self.centre(table)
 
   def init_scales(self, w):
     w = jnp.asarray(w, jnp.float32)
@@ -279,6 +276,10 @@ class PerTokenEmbedding(_AlphaGammaEmbedding):
   """One alpha and gamma per token (row); in the decoder, one per output logit."""
   name: ClassVar[str] = 'per_token'
   axes: ClassVar[Tuple[int, ...]] = (1,)
+
+  def _centre_of_rows(self, table, rows):
+    """Each row's own mean: only the looked-up rows are needed."""
+    return jnp.mean(rows, axis=-1, keepdims=True) if self.center else jnp.zeros((), rows.dtype)
 
   def _row_scales(self, scales, ids=None):
     a, g = scales['alpha'], scales['gamma']
