@@ -75,6 +75,23 @@ def test_statistics_scales_have_no_parameters_and_follow_the_weights():
   assert g.shape == w.shape and bool(jnp.all(jnp.isfinite(g)))
 
 
+def test_ternary_codes_threshold_and_init_by_hand():
+  w = jnp.array([[1.0, -3.0], [0.2, -0.1], [-2.0, 0.05]])
+  scheme = schemes.Ternary()
+  # Column 0: mean |w| 16/15, delta 0.747; column 1: mean 1.05, delta 0.735.
+  np.testing.assert_array_equal(scheme.signs(w), [[1, -1], [0, 0], [-1, 0]])
+  scales = scheme.init_scales(w)
+  np.testing.assert_allclose(scales['alpha'], [1.5, 3.0])  # mean |w| above delta
+  np.testing.assert_allclose(scheme.dequantize(w, scales), [[1.5, -3.0], [0, 0], [-1.5, 0]])
+  # The gradient reaches every latent weight inside the clip, zeros included, so a weight
+  # below the threshold can grow out of it; outside the clip it stops.
+  x = jnp.ones((1, 3))
+  g = jax.grad(lambda v: jnp.sum(scheme.matmul(x, v, {'alpha': jnp.ones(2)})))(w)
+  np.testing.assert_array_equal(g, [[1, 0], [1, 1], [0, 1]])
+  with pytest.raises(UserError, match='ternary.*no packed 1-bit form'):
+    scheme.packed(w, scales)
+
+
 @pytest.mark.parametrize('variant', list(schemes.EMBEDDING_SCHEMES))
 @pytest.mark.parametrize('center', [False, True])
 def test_embedding_lookup_and_decoder_match_dense_table(variant, center):

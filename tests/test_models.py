@@ -110,3 +110,20 @@ def params_at(params, path):
   for k in path:
     params = params[k]
   return params
+
+
+def test_ternary_model_dequantizes_to_the_float_model_it_computes():
+  """A ternary run serves as a distillation teacher through its dequantized float form."""
+  cfg = models.model_config('tiny', architecture='BertForSequenceClassification',
+                            binarize=dict(layers=True, granularity='ternary'))
+  params = binary_params.add_scales(cfg, models.init_params(cfg, jax.random.PRNGKey(0)))
+  ids = jnp.array([[2, 5, 7, 9, 3, 0]])
+  mask = (ids > 0).astype(jnp.int32)
+  run = lambda c, p: models.build_model(c).apply({'params': p}, ids, mask, jnp.zeros_like(ids),
+                                                  deterministic=True)[0]
+  float_cfg, float_params = binary_params.dequantize(cfg, params)
+  assert not float_cfg.binarize.any
+  kernel = float_params['bert']['encoder']['layer_0']['intermediate']['dense']['kernel']
+  assert len(np.unique(np.abs(np.asarray(kernel[:, 0])))) == 2  # 0 and its column's alpha
+  np.testing.assert_allclose(run(float_cfg, float_params), run(cfg, params), rtol=1e-5,
+                             atol=1e-5)

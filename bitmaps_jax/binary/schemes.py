@@ -14,9 +14,10 @@ kernels are (in, out); embedding tables are (vocab, hidden).
 import dataclasses
 from typing import ClassVar, Dict, Optional, Tuple
 
+import jax
 import jax.numpy as jnp
 
-from bitmaps_jax.binary.ste import sign_ste
+from bitmaps_jax.binary.ste import sign_ste, ternary_ste
 from bitmaps_jax.errors import UserError
 
 GAMMA_INITS = ('mean', 'zero')
@@ -179,6 +180,41 @@ class Rank1Dense(DenseScheme):
     return scales['h'][:, None] * scales['g'][None, :] * self.signs(w)
 
 
+@dataclasses.dataclass(frozen=True)
+class Ternary(DenseScheme):
+  """A 2-bit middle model, not a 1-bit one: W_t = alpha * T, T = sign(W) where |W| > delta
+  and 0 elsewhere, per output channel delta = 0.7 mean |W| recomputed every step and alpha
+  learned, initialised to mean |W| over the weights above delta (TWN's fit). Used as the
+  teacher a binary student is distilled from; a packed file holds 1-bit kernels only, so it
+  has no packed form. `signs` are its codes T. Ignores `center`."""
+  name: ClassVar[str] = 'ternary'
+  scale_names: ClassVar[Tuple[str, ...]] = ('alpha',)
+  threshold: ClassVar[float] = 0.7
+
+  def delta(self, w):
+    return self.threshold * jnp.mean(jnp.abs(w), axis=tuple(range(w.ndim - 1)), keepdims=True)
+
+  def signs(self, w):
+    return ternary_ste(w, jax.lax.stop_gradient(self.delta(w)), self.clip)
+
+  def init_scales(self, w):
+    w = jnp.asarray(w, jnp.float32)
+    above = jnp.abs(w) > self.delta(w)
+    axes = tuple(range(w.ndim - 1))
+    alpha = jnp.sum(jnp.abs(w) * above, axis=axes) / jnp.maximum(jnp.sum(above, axis=axes), 1)
+    return {'alpha': alpha}
+
+  def matmul(self, x, w, scales):
+    return scales['alpha'].astype(x.dtype) * jnp.matmul(x, self.signs(w).astype(x.dtype))
+
+  def dequantize(self, w, scales):
+    return scales['alpha'] * self.signs(w)
+
+  def packed(self, w, scales):
+    raise UserError('binarize.granularity=ternary (2-bit kernels) has no packed 1-bit form: '
+                    'distil a binary student from it and export that')
+
+
 # --------------------------------------------------------------------------- word embeddings
 
 
@@ -312,7 +348,7 @@ class Rank1Embedding(EmbeddingScheme):
     return scales['u'][:, None] * scales['v'][None, :] * sign_ste(w)
 
 
-DENSE_SCHEMES = {s.name: s for s in (PerTensor, PerChannel, Statistics, Rank1Dense)}
+DENSE_SCHEMES = {s.name: s for s in (PerTensor, PerChannel, Statistics, Rank1Dense, Ternary)}
 EMBEDDING_SCHEMES = {s.name: s for s in (FloatEmbedding, ScalarEmbedding, PerDimEmbedding,
                                          PerTokenEmbedding, Rank1Embedding)}
 EMBEDDING_VARIANTS = tuple(EMBEDDING_SCHEMES)

@@ -1,4 +1,5 @@
-"""The straight-through sign: the one non-differentiable step of every binary scheme."""
+"""The straight-through sign (every binary scheme's one non-differentiable step) and its
+ternary sibling for 2-bit middle models."""
 
 import functools
 
@@ -26,3 +27,23 @@ def _sign_ste_bwd(clip, x, g):
 
 
 sign_ste.defvjp(_sign_ste_fwd, _sign_ste_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def ternary_ste(x, delta, clip=1.0):
+  """sign(x) where |x| > delta, else 0; straight-through gradient to x where |x| <= clip
+  (zeros included, so a weight below the threshold can grow out of it), none to delta."""
+  return jnp.where(jnp.abs(x) > delta, jnp.where(x >= 0, 1, -1), 0).astype(x.dtype)
+
+
+def _ternary_ste_fwd(x, delta, clip):
+  return ternary_ste(x, delta, clip), (x, delta)
+
+
+def _ternary_ste_bwd(clip, res, g):
+  x, delta = res
+  gx = g if clip is None else jnp.where(jnp.abs(x) <= clip, g, jnp.zeros_like(g))
+  return gx, jnp.zeros_like(delta)
+
+
+ternary_ste.defvjp(_ternary_ste_fwd, _ternary_ste_bwd)
