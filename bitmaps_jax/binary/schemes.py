@@ -191,8 +191,11 @@ class Ternary(DenseScheme):
   scale_names: ClassVar[Tuple[str, ...]] = ('alpha',)
   threshold: ClassVar[float] = 0.7
 
+  def _axes(self, w):
+    return tuple(range(w.ndim - 1))  # all but the output channel
+
   def delta(self, w):
-    return self.threshold * jnp.mean(jnp.abs(w), axis=tuple(range(w.ndim - 1)), keepdims=True)
+    return self.threshold * jnp.mean(jnp.abs(w), axis=self._axes(w), keepdims=True)
 
   def signs(self, w):
     return ternary_ste(w, jax.lax.stop_gradient(self.delta(w)), self.clip)
@@ -200,7 +203,7 @@ class Ternary(DenseScheme):
   def init_scales(self, w):
     w = jnp.asarray(w, jnp.float32)
     above = jnp.abs(w) > self.delta(w)
-    axes = tuple(range(w.ndim - 1))
+    axes = self._axes(w)
     alpha = jnp.sum(jnp.abs(w) * above, axis=axes) / jnp.maximum(jnp.sum(above, axis=axes), 1)
     return {'alpha': alpha}
 

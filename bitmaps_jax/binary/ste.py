@@ -20,10 +20,13 @@ def _sign_ste_fwd(x, clip):
   return sign_ste(x, clip), x
 
 
+def _straight_through(x, g, clip):
+  """The estimator both quantizers share: g where |x| <= clip (everywhere when None)."""
+  return g if clip is None else jnp.where(jnp.abs(x) <= clip, g, jnp.zeros_like(g))
+
+
 def _sign_ste_bwd(clip, x, g):
-  if clip is None:
-    return (g,)
-  return (jnp.where(jnp.abs(x) <= clip, g, jnp.zeros_like(g)),)
+  return (_straight_through(x, g, clip),)
 
 
 sign_ste.defvjp(_sign_ste_fwd, _sign_ste_bwd)
@@ -42,8 +45,7 @@ def _ternary_ste_fwd(x, delta, clip):
 
 def _ternary_ste_bwd(clip, res, g):
   x, delta = res
-  gx = g if clip is None else jnp.where(jnp.abs(x) <= clip, g, jnp.zeros_like(g))
-  return gx, jnp.zeros_like(delta)
+  return _straight_through(x, g, clip), jnp.zeros_like(delta)
 
 
 ternary_ste.defvjp(_ternary_ste_fwd, _ternary_ste_bwd)
