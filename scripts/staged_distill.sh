@@ -6,6 +6,7 @@
 # STAGE1_LR / STAGE2_LR (default 5e-4 / 2e-4) and STAGE1_EPOCHS / STAGE2_EPOCHS (default 2 / 2)
 # set the schedules; AUGMENT=N perturbed copies of every sentence in both stages (default 2).
 set -euo pipefail
+source "$(dirname "$0")/distill_stages.sh"
 if (( $# < 4 )); then
   echo "usage: scripts/staged_distill.sh TASK TEACHER_RUN OUT DATA_DIR [flags]" >&2
   exit 2
@@ -18,14 +19,12 @@ mkdir -p "$out"
 start=$SECONDS
 python train.py "${common[@]}" --workdir "$out/stage1" \
   --config.learning_rate="${STAGE1_LR:-5e-4}" --config.num_epochs="${STAGE1_EPOCHS:-2}" \
-  --config.distill.ce_weight=0 --config.distill.kd_weight=0 \
-  --config.distill.hidden_weight=1 --config.distill.attention_weight=1 "$@"
+  "${STAGE1_LOSSES[@]}" "$@"
 echo "stage1 $((SECONDS - start))" >> "$out/wall_seconds.txt"
 start=$SECONDS
 python train.py "${common[@]}" --workdir "$out/stage2" --config.init_checkpoint="$out/stage1" \
   --config.learning_rate="${STAGE2_LR:-2e-4}" --config.num_epochs="${STAGE2_EPOCHS:-2}" \
-  --config.distill.ce_weight=1 --config.distill.kd_weight=1 \
-  --config.distill.hidden_weight=0 --config.distill.attention_weight=0 "$@"
+  "${STAGE2_LOSSES[@]}" "$@"
 echo "stage2 $((SECONDS - start))" >> "$out/wall_seconds.txt"
 for stage in stage1 stage2; do
   python eval.py --workdir "$out/$stage" > "$out/$stage/eval.txt"

@@ -7,6 +7,7 @@
 # LR (default 2e-4), EPOCHS per stage (default 1), AUGMENT copies (default 2). Prints each
 # scheme's final dev metric per seed, their mean and standard deviation, and the packed size.
 set -euo pipefail
+source "$(dirname "$0")/distill_stages.sh"
 if (( $# < 5 )); then
   echo "usage: scripts/staged_embeddings.sh TASK TEACHER_RUN STUDENT_RUN OUT DATA_DIR [flags]" >&2
   exit 2
@@ -22,17 +23,14 @@ mkdir -p "$out"
 for emb in $schemes; do
   start=$SECONDS
   python train.py "${common[@]}" --config.binarize.embeddings="$emb" \
-    --workdir "$out/${emb}_a" --config.init_checkpoint="$student" \
-    --config.distill.ce_weight=0 --config.distill.kd_weight=0 \
-    --config.distill.hidden_weight=1 --config.distill.attention_weight=1 "$@"
+    --workdir "$out/${emb}_a" --config.init_checkpoint="$student" "${STAGE1_LOSSES[@]}" "$@"
   echo "${emb}_a $((SECONDS - start))" >> "$out/wall_seconds.txt"
   for seed in $seeds; do
     start=$SECONDS
     run="$out/${emb}_b_seed$seed"
     python train.py "${common[@]}" --config.binarize.embeddings="$emb" \
       --workdir "$run" --config.init_checkpoint="$out/${emb}_a" --config.seed="$seed" \
-      --config.distill.ce_weight=1 --config.distill.kd_weight=1 \
-      --config.distill.hidden_weight=0 --config.distill.attention_weight=0 "$@"
+      "${STAGE2_LOSSES[@]}" "$@"
     echo "${emb}_b_seed$seed $((SECONDS - start))" >> "$out/wall_seconds.txt"
     python eval.py --workdir "$run" > "$run/eval.txt"
   done
