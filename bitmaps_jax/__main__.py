@@ -3,6 +3,7 @@
     memory    the memory table (packed size of BERT-base per binarization setting)
     bench     side-by-side benchmarks
     export    pack a run's latest checkpoint into the 1-bit file
+    average   average the weights of several runs of one model into a new run
     predict   run a packed model file on sentences
     prepare_corpus   tokenize and pack an MLM corpus once, for data.source=prepared
 """
@@ -10,7 +11,7 @@
 import importlib
 import sys
 
-COMMANDS = ('memory', 'bench', 'export', 'predict', 'prepare_corpus')
+COMMANDS = ('memory', 'bench', 'export', 'average', 'predict', 'prepare_corpus')
 
 
 def main(argv=None):

@@ -9,6 +9,7 @@
     RUN/train_val_loss.png  the loss plot
     RUN/eval_<split>.json   eval.py's results
     RUN/run.lock            held while a process writes into the run
+    RUN/params_only.json    where the params came from, in a run no training loop wrote
 """
 
 import contextlib
@@ -33,6 +34,7 @@ METRICS = 'metrics.jsonl'
 TENSORBOARD = 'tensorboard'
 LOSS_PLOT = 'train_val_loss.png'
 LOCK = 'run.lock'
+PARAMS_ONLY = 'params_only.json'
 
 # Fields that decide the shapes of the params; a checkpoint only fits a model that shares them.
 SHAPE_FIELDS = ('architecture', 'vocab_size', 'hidden_size', 'num_hidden_layers',
@@ -142,6 +144,10 @@ class RunDir:
     overwritten."""
     if not self.is_run() or not self.has_checkpoints():
       return
+    if files.isfile(self.file(PARAMS_ONLY)):
+      raise UserError(f'{self.path}: holds params only (see {PARAMS_ONLY}), no training state '
+                      f'to resume; start a new workdir with --config.init_checkpoint='
+                      f'{self.path}')
     saved = self.model_config()
     diff = [f'{k} {_field(saved, k)} (saved) vs {_field(model_cfg, k)}' for k in SHAPE_FIELDS
             if _field(saved, k) != _field(model_cfg, k)]
@@ -158,6 +164,19 @@ class RunDir:
     src = vocab_source if files.isfile(vocab_source) else files.join(vocab_source, VOCAB)
     if files.isfile(src) and files.absolute(src) != files.absolute(self.vocab_file):
       files.copy(src, self.vocab_file)
+
+  def save_params(self, params, step: int, origin: dict):
+    """A checkpoint of params alone (no optimizer or loop state), for a model that no
+    training loop wrote (an average of runs): eval.py, export and init_checkpoint read it,
+    train.py refuses to resume it. `origin` (what the params were made from) goes to
+    RUN/params_only.json."""
+    store = self.checkpoint_store(keep=1)
+    try:
+      store.save(int(step), {'params': params}, {'step': int(step)})
+      store.wait()
+    finally:
+      store.close()
+    self.write_json(PARAMS_ONLY, origin)
 
   def write_json(self, name: str, obj) -> str:
     path = self.file(name)
