@@ -5,7 +5,8 @@
 Runs fine-tuned from the same start with different seeds stay close in weight space, and the
 mean of their weights often predicts better than a typical member. For a binary model the
 mean is taken over the latent float weights and the scales, so each sign of the result is a
-vote of the members weighted by their confidence |W|. OUT_RUN gets the first run's configs
+vote of the members weighted by their confidence |W| (a rank-1 scale's two factors are
+averaged each on its own, which is not the mean of their products). OUT_RUN gets the first run's configs
 and vocabulary, one checkpoint holding the averaged params and params_only.json (the runs
 and steps averaged): eval.py, export and --config.init_checkpoint read it like any run;
 it holds no optimizer state to resume training from.
