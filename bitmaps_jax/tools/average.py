@@ -6,9 +6,10 @@ Runs fine-tuned from the same start with different seeds stay close in weight sp
 mean of their weights often predicts better than a typical member. For a binary model the
 mean is taken over the latent float weights and the scales, so each sign of the result is a
 vote of the members weighted by their confidence |W| (a rank-1 scale's two factors are
-averaged each on its own, which is not the mean of their products). OUT_RUN gets the first run's configs
-and vocabulary, one checkpoint holding the averaged params and params_only.json (the runs
-and steps averaged): eval.py, export and --config.init_checkpoint read it like any run;
+averaged each on its own, which is not the mean of their products). Runs must share the
+fields that decide the params' shapes (`rundir.SHAPE_FIELDS`). OUT_RUN gets the first run's
+configs and vocabulary, one checkpoint holding the averaged params and params_only.json (the
+runs and steps averaged): eval.py, export and --config.init_checkpoint read it like any run;
 it holds no optimizer state to resume training from.
 """
 
@@ -20,7 +21,7 @@ import jax.numpy as jnp
 from bitmaps_jax import cli
 from bitmaps_jax import files
 from bitmaps_jax.errors import UserError
-from bitmaps_jax.train.rundir import RunDir
+from bitmaps_jax.train.rundir import RunDir, shape_differences
 
 
 def average_params(trees):
@@ -32,16 +33,6 @@ def average_params(trees):
   return jax.tree_util.tree_map(mean, *trees)
 
 
-def _check_same_model(runs, configs):
-  first = configs[0].to_dict()
-  for run, cfg in zip(runs[1:], configs[1:]):
-    other = cfg.to_dict()
-    diff = [f'{k} {first.get(k)} vs {other.get(k)}' for k in sorted(set(first) | set(other))
-            if first.get(k) != other.get(k)]
-    if diff:
-      raise UserError(f'{run.path}: another model than {runs[0].path} ({"; ".join(diff)})')
-
-
 def average_runs(run_dirs, out_dir: str):
   """Writes the mean of the runs' latest params into `out_dir`; returns its RunDir."""
   if len(run_dirs) < 2:
@@ -51,7 +42,10 @@ def average_runs(run_dirs, out_dir: str):
   if out.is_run() or out.has_checkpoints():
     raise UserError(f'{out_dir}: already a run; averaging writes a new one')
   configs = [run.model_config() for run in runs]
-  _check_same_model(runs, configs)
+  for run, cfg in zip(runs[1:], configs[1:]):
+    diff = shape_differences(configs[0], cfg)
+    if diff:
+      raise UserError(f'{run.path}: another model than {runs[0].path} ({"; ".join(diff)})')
   trees, steps = [], []
   for run in runs:
     params, step = run.restore_params()

@@ -49,6 +49,12 @@ def _field(cfg: BertConfig, name: str):
   return cfg
 
 
+def shape_differences(a: BertConfig, b: BertConfig, a_label: str = '') -> list:
+  """'field A[ a_label] vs B' for each SHAPE_FIELDS field where the two configs differ."""
+  return [f'{k} {_field(a, k)}{a_label} vs {_field(b, k)}' for k in SHAPE_FIELDS
+          if _field(a, k) != _field(b, k)]
+
+
 def _pid_alive(pid: int) -> bool:
   try:
     os.kill(pid, 0)
@@ -148,9 +154,7 @@ class RunDir:
       raise UserError(f'{self.path}: holds params only (see {PARAMS_ONLY}), no training state '
                       f'to resume; start a new workdir with --config.init_checkpoint='
                       f'{self.path}')
-    saved = self.model_config()
-    diff = [f'{k} {_field(saved, k)} (saved) vs {_field(model_cfg, k)}' for k in SHAPE_FIELDS
-            if _field(saved, k) != _field(model_cfg, k)]
+    diff = shape_differences(self.model_config(), model_cfg, ' (saved)')
     if diff:
       raise UserError(f'{self.path}: holds checkpoints of another model ({"; ".join(diff)}); '
                       f'use another workdir or the same model settings')
