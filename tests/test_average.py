@@ -31,7 +31,7 @@ def test_average_of_two_seeds_is_a_run_that_eval_and_init_read(tmp_path, glue_co
     cli.train(glue_config(seed=seed, num_epochs=1.0), runs[-1])
   soup = str(tmp_path / 'soup')
   average.main([*runs, soup])
-  assert 'the mean of 2 runs' in capsys.readouterr().out
+  assert 'the mean of 2 checkpoints' in capsys.readouterr().out
 
   members = [RunDir(r).restore_params()[0] for r in runs]
   params, _ = RunDir(soup).restore_params()
@@ -81,3 +81,33 @@ def test_average_mistakes_are_one_line(tmp_path, glue_config, capsys):
   err = error([binary, binary, floating])
   assert 'already a run' in err, err
   assert not os.path.exists(tmp_path / 'out')
+
+
+def test_tail_average_of_one_runs_last_checkpoints(tmp_path, glue_config, capsys):
+  run = str(tmp_path / 'run')
+  cli.train(glue_config(num_epochs=2.0, checkpoint_every_steps=1, keep_checkpoints=3), run)
+  steps = sorted(int(n) for n in os.listdir(RunDir(run).checkpoint_dir) if n.isdigit())
+  assert len(steps) == 3, steps
+  tail = str(tmp_path / 'tail')
+  average.main([f'{run}@{steps[0]}', f'{run}@{steps[1]}', run, tail])
+  members = [RunDir(run).restore_params(s)[0] for s in steps]
+  params, step = RunDir(tail).restore_params()
+  assert step == steps[-1]
+  for leaf, *ms in zip(*(jax.tree_util.tree_leaves(t) for t in [params, *members])):
+    np.testing.assert_allclose(leaf, sum(np.asarray(m, np.float32) for m in ms) / 3, rtol=1e-5)
+  origin = json.load(open(os.path.join(tail, PARAMS_ONLY)))
+  assert origin['averaged_runs'] == [os.path.abspath(run)] * 3 and origin['steps'] == steps
+
+  def error(args):
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+      average.main(args)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: '), lines
+    return lines[0]
+
+  out = str(tmp_path / 'out')
+  err = error([f'{run}@999', run, out])
+  assert 'no checkpoint of step 999' in err and str(steps[-1]) in err, err
+  assert 'whole number' in error([f'{run}@last', run, out])
+  assert 'named twice' in error([run, f'{run}@{steps[-1]}', run, out])
