@@ -59,26 +59,28 @@ def test_average_of_two_seeds_is_a_run_that_eval_and_init_read(tmp_path, glue_co
                  f'resume; start a new workdir with --config.init_checkpoint={soup}'], err
 
 
+def one_line_error(capsys, args):
+  """The single stderr line of an `average` call that exits with status 2."""
+  capsys.readouterr()
+  with pytest.raises(SystemExit) as e:
+    average.main(args)
+  assert e.value.code == 2
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith('error: '), lines
+  return lines[0]
+
+
 def test_average_mistakes_are_one_line(tmp_path, glue_config, capsys):
   binary, floating = str(tmp_path / 'binary'), str(tmp_path / 'float')
   cli.train(glue_config(num_epochs=1.0), binary)
   cli.train(glue_config(num_epochs=1.0, binarize={'layers': False}), floating)
 
-  def error(args):
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-      average.main(args)
-    assert e.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith('error: '), lines
-    return lines[0]
-
-  assert 'usage' in error([binary, str(tmp_path / 'out')])
-  err = error([binary, floating, str(tmp_path / 'out')])
+  assert 'usage' in one_line_error(capsys, [binary, str(tmp_path / 'out')])
+  err = one_line_error(capsys, [binary, floating, str(tmp_path / 'out')])
   assert floating in err and 'another model' in err and 'binarize' in err, err
-  err = error([binary, str(tmp_path / 'nothing'), str(tmp_path / 'out')])
+  err = one_line_error(capsys, [binary, str(tmp_path / 'nothing'), str(tmp_path / 'out')])
   assert 'nothing' in err and 'not a run directory' in err, err
-  err = error([binary, binary, floating])
+  err = one_line_error(capsys, [binary, binary, floating])
   assert 'already a run' in err, err
   assert not os.path.exists(tmp_path / 'out')
 
@@ -98,16 +100,8 @@ def test_tail_average_of_one_runs_last_checkpoints(tmp_path, glue_config, capsys
   origin = json.load(open(os.path.join(tail, PARAMS_ONLY)))
   assert origin['averaged_runs'] == [os.path.abspath(run)] * 3 and origin['steps'] == steps
 
-  def error(args):
-    capsys.readouterr()
-    with pytest.raises(SystemExit):
-      average.main(args)
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith('error: '), lines
-    return lines[0]
-
   out = str(tmp_path / 'out')
-  err = error([f'{run}@999', run, out])
+  err = one_line_error(capsys, [f'{run}@999', run, out])
   assert 'no checkpoint of step 999' in err and str(steps[-1]) in err, err
-  assert 'whole number' in error([f'{run}@last', run, out])
-  assert 'named twice' in error([run, f'{run}@{steps[-1]}', run, out])
+  assert 'whole number' in one_line_error(capsys, [f'{run}@last', run, out])
+  assert 'named twice' in one_line_error(capsys, [run, f'{run}@{steps[-1]}', run, out])

@@ -181,8 +181,9 @@ class CheckpointStore:
     step = self.latest_step() if step is None else step
     if step is None:
       raise UserError(f'{self.directory}: no checkpoint to restore')
-    if step not in self.manager.all_steps():
-      saved = ', '.join(str(s) for s in sorted(self.manager.all_steps())) or 'none'
+    saved_steps = sorted(self.manager.all_steps())
+    if step not in saved_steps:
+      saved = ', '.join(str(s) for s in saved_steps) or 'none'
       raise UserError(f'{self.directory}: no checkpoint of step {step} (saved steps: {saved})')
     tree = self.manager.item_metadata(step)['state']
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
