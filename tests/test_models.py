@@ -1,5 +1,7 @@
 """Model shapes, parameter counts per binarization variant, dtypes."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -127,3 +129,57 @@ def test_ternary_model_dequantizes_to_the_float_model_it_computes():
   assert len(np.unique(np.abs(np.asarray(kernel[:, 0])))) == 2  # 0 and its column's alpha
   np.testing.assert_allclose(run(float_cfg, float_params), run(cfg, params), rtol=1e-5,
                              atol=1e-5)
+
+
+def _binary_model(granularity='per_channel', embeddings='none', layers=True, seed=0):
+  cfg = models.model_config('tiny', architecture='BertForSequenceClassification',
+                            binarize=dict(layers=layers, granularity=granularity,
+                                          embeddings=embeddings))
+  return cfg, binary_params.add_scales(cfg, models.init_params(cfg, jax.random.PRNGKey(seed)))
+
+
+@pytest.mark.parametrize('source,target', [('per_channel', 'per_tensor'),
+                                           ('per_tensor', 'per_channel'),
+                                           ('per_channel', 'rank1'), ('rank1', 'per_channel'),
+                                           ('per_channel', 'statistics'),
+                                           ('per_channel', 'ternary')])
+def test_a_checkpoint_of_another_dense_scheme_gets_this_schemes_fitted_scales(source, target):
+  """Starting a run of one scheme from another's checkpoint keeps the latent weights and
+  carries no scale of the old scheme (dead, or misshapen like a per-channel alpha under
+  per_tensor)."""
+  source_cfg, params = _binary_model(source)
+  cfg, fresh = _binary_model(target)  # the same latent weights (same key), scales fitted
+  converted_cfg, converted = binary_params.convert(source_cfg, params, cfg.binarize)
+  assert converted_cfg == cfg
+  converted = binary_params.add_scales(cfg, converted)
+  assert (jax.tree_util.tree_structure(converted) == jax.tree_util.tree_structure(fresh))
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(converted),
+                          jax.tree_util.tree_leaves(fresh)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, err_msg=jax.tree_util.keystr(path))
+
+
+def test_a_checkpoint_of_the_same_scheme_keeps_its_trained_scales():
+  cfg, params = _binary_model('per_channel', embeddings='per_dim')
+  trained = jax.tree_util.tree_map_with_path(
+      lambda p, x: x * 3.0 if jax.tree_util.keystr(p).endswith("['alpha']") else x, params)
+  _, kept = binary_params.convert(cfg, trained, dataclasses.replace(cfg.binarize, clip=None))
+  for a, b in zip(jax.tree_util.tree_leaves(kept), jax.tree_util.tree_leaves(trained)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_binary_weights_a_run_keeps_float_start_from_what_they_stood_for():
+  """Binary layers -> float layers with binary embeddings: the kernels become alpha B + gamma,
+  their scales go, and the result is a valid model of the new setting."""
+  cfg, params = _binary_model('per_channel')
+  keep = dataclasses.replace(cfg.binarize, layers=False, embeddings='per_dim')
+  out_cfg, out = binary_params.convert(cfg, params, keep)
+  assert out_cfg.binarize == keep
+  dense = params['bert']['encoder']['layer_0']['intermediate']['dense']
+  scheme = cfg.binarize.dense_scheme
+  expect = scheme.dequantize(dense['kernel'], {n: dense[n] for n in scheme.scale_names})
+  got = out['bert']['encoder']['layer_0']['intermediate']['dense']
+  assert set(got) == {'kernel', 'bias'}
+  np.testing.assert_allclose(got['kernel'], expect, rtol=1e-6)
+  _, fresh = _binary_model(layers=False, embeddings='per_dim')
+  assert (jax.tree_util.tree_structure(binary_params.add_scales(out_cfg, out))
+          == jax.tree_util.tree_structure(fresh))

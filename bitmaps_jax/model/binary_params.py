@@ -60,20 +60,32 @@ def add_scales(config: BertConfig, params):
   return traverse_util.unflatten_dict(flat)
 
 
+def convert(config: BertConfig, params, binarize: BinarizeConfig):
+  """(config, params) of the same weights under another `binarize` setting.
+
+  A weight binarized before and float now becomes the dense matrix it stood for; one under
+  another scheme keeps its latent weight and drops its scales (`add_scales` then fits the new
+  scheme's, so no dead or misshapen scale is carried along); one under the same scheme keeps
+  its trained scales.
+  """
+  flat = traverse_util.flatten_dict(params)
+  target = layout(config.replace(binarize=binarize))
+  drop = set()
+  for path, scheme in layout(config).items():
+    new = target.get(path)
+    if new is not None and new.name == scheme.name:
+      continue
+    drop.update(path[:-1] + (n,) for n in scheme.scale_names)
+    if new is None:
+      flat[path] = scheme.dequantize(flat[path], _scales(flat, path, scheme))
+  out = {path: w for path, w in flat.items() if path not in drop}
+  return config.replace(binarize=binarize), traverse_util.unflatten_dict(out)
+
+
 def dequantize(config: BertConfig, params):
   """(float config, float params) of the same model: binary weights -> the dense matrices
   they stand for, scale parameters dropped."""
-  flat = traverse_util.flatten_dict(params)
-  schemes = layout(config)
-  drop = scale_paths(config)
-  out = {}
-  for path, w in flat.items():
-    if path in drop:
-      continue
-    if path in schemes:
-      w = schemes[path].dequantize(w, _scales(flat, path, schemes[path]))
-    out[path] = w
-  return config.replace(binarize=BinarizeConfig()), traverse_util.unflatten_dict(out)
+  return convert(config, params, BinarizeConfig())
 
 
 def packed_form(config: BertConfig, params):

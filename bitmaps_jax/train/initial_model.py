@@ -47,7 +47,8 @@ def load(config, architecture: str, vocab_size: int = 0, num_labels: int = 2):
   """(BertConfig, params) to start training from, per `config.init_checkpoint`.
 
   Empty: a random `config.model` of `vocab_size`. Otherwise the checkpoint's weights; heads
-  are adapted to `architecture` and binary scales fitted to the weights where missing.
+  are adapted to `architecture` and the weights to this run's `binarize` setting
+  (`binary_params.convert`), binary scales fitted where missing.
   """
   overrides = model_overrides(config)
   path = config.get('init_checkpoint') or ''
@@ -59,7 +60,8 @@ def load(config, architecture: str, vocab_size: int = 0, num_labels: int = 2):
         max_position_embeddings=max(config.max_seq_length, base.max_position_embeddings),
         **overrides)
     return model_cfg, bert.init_params(model_cfg, rng)
-  source_cfg, params = read_checkpoint(path, float_only=not overrides['binarize'].any)
+  source_cfg, params = read_checkpoint(path)
+  source_cfg, params = binary_params.convert(source_cfg, params, overrides['binarize'])
   source_cfg = source_cfg.replace(**overrides)
   model_cfg, params = bert.adapt_params(source_cfg, params, architecture, rng,
                                         num_labels=num_labels)
