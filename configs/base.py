@@ -8,7 +8,9 @@ def get_base_config():
   config = ml_collections.ConfigDict()
   config.seed = 0
   # Model: a size from bitmaps_jax.model.bert.MODEL_SIZES, or weights from init_checkpoint
-  # (a Hugging Face BERT directory or a run directory of ours).
+  # (a Hugging Face BERT directory or a run directory of ours). A run of ours made under
+  # another `binarize` setting is converted: weights it binarized that this run keeps float
+  # start as the dense matrices they stood for, and a changed scheme gets freshly fitted scales.
   config.model = 'tiny'
   config.init_checkpoint = ''
   config.tokenizer = ''  # vocab.txt or HF directory; empty: init_checkpoint's
