@@ -2,7 +2,8 @@
 
     python eval.py --workdir RUN [--split validation|test|train] [--config.data_dir=OTHER]
 
-Prints the metrics, the predicted-label distribution and the confusion matrix, and writes
+Prints the metrics (each with the range that resampling the examples gives it), the
+predicted-label distribution and the confusion matrix, and writes
 RUN/eval_<split>.json (and CoLA.tsv / SST-2.tsv for unlabeled test splits).
 """
 
@@ -69,7 +70,10 @@ def _print(out):
   print(f'{out["task"]} {out["split"]}: {out["num_examples"]} examples, {source}')
   for key in ('mcc', 'accuracy', 'loss'):
     if key in out:
-      print(f'  {key:<9} {out[key]:.4f}')
+      interval = out.get(f'{key}_interval95')
+      span = (f'  (95% range over resampled examples: {interval[0]:.3f} to {interval[1]:.3f})'
+              if interval else '')
+      print(f'  {key:<9} {out[key]:.4f}{span}')
   counts = out['predicted_label_counts']
   print('  predicted labels: ' + ', '.join(f'{k}: {c} ({c / max(sum(counts), 1):.1%})'
                                            for k, c in enumerate(counts)))

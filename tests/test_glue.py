@@ -134,8 +134,11 @@ def test_finetune_distill_and_eval_cli(tmp_path, glue_config):
                           f'--split={split}'], cwd=REPO, capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
     assert 'predicted labels' in out.stdout
+    assert ('95% range over resampled examples' in out.stdout) == (split == 'validation')
   result = json.load(open(os.path.join(student_dir, 'eval_validation.json')))
   assert 'confusion_matrix' in result and sum(result['predicted_label_counts']) == 48
+  lo, hi = result['mcc_interval95']
+  assert -1.0 <= lo <= result['mcc'] <= hi <= 1.0
   rows = open(os.path.join(student_dir, 'CoLA.tsv')).read().splitlines()
   assert rows[0] == 'index\tprediction' and len(rows) == 11
   # --config overrides reach the evaluation; a bad data_dir is one line.

@@ -55,13 +55,19 @@ def classification_metrics(task: glue_data.GlueTask, logits, labels) -> dict:
 
 
 def report(task: glue_data.GlueTask, split: str, logits, labels) -> dict:
-  """Metrics plus the predicted-label counts and confusion matrix (rows: true label)."""
+  """Metrics, their 95% bootstrap ranges over the examples, the predicted-label counts and the
+  confusion matrix (rows: true label)."""
   preds = np.argmax(logits, axis=-1)
   out = {'task': task.name, 'split': split, 'num_examples': int(len(preds)),
          'predicted_label_counts': np.bincount(preds, minlength=task.num_labels).tolist()}
   if (labels >= 0).all():
     out.update(classification_metrics(task, logits, labels))
-    out['confusion_matrix'] = metrics.confusion_matrix(labels, preds, task.num_labels).tolist()
+    confusion = metrics.confusion_matrix(labels, preds, task.num_labels)
+    out['confusion_matrix'] = confusion.tolist()
+    # How much of the figure is the draw of the examples: a 95% bootstrap range over them.
+    for key in ('mcc', 'accuracy'):
+      if key in out:
+        out[f'{key}_interval95'] = list(metrics.bootstrap_interval(confusion, key))
   return out
 
 
