@@ -1,6 +1,7 @@
 """Evaluates a GLUE fine-tuning run with its own config (overridable).
 
-    python eval.py --workdir RUN [--split validation|test|train] [--config.data_dir=OTHER]
+    python eval.py --workdir RUN [--split validation|test|train|holdout|FILE.tsv]
+                   [--config.data_dir=OTHER]
 
 Prints the metrics (each with the range that resampling the examples gives it), the
 predicted-label distribution and the confusion matrix, and writes
