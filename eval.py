@@ -1,11 +1,13 @@
 """Evaluates a GLUE fine-tuning run with its own config (overridable).
 
     python eval.py --workdir RUN [--split validation|test|train|holdout|FILE.tsv]
-                   [--config.data_dir=OTHER]
+                   [--step N] [--config.data_dir=OTHER]
 
 Prints the metrics (each with the range that resampling the examples gives it), the
 predicted-label distribution and the confusion matrix, and writes
-RUN/eval_<split>.json (and CoLA.tsv / SST-2.tsv for unlabeled test splits).
+RUN/eval_<split>.json (and CoLA.tsv / SST-2.tsv for unlabeled test splits). --step picks an
+earlier saved checkpoint (written as eval_<split>_step<N>.json), e.g. the one a holdout split
+ranks first.
 """
 
 import sys
@@ -40,6 +42,8 @@ flags.DEFINE_string('split', 'validation', 'validation (dev), test, train, holdo
                     'file laid out like the task\'s dev file.')
 flags.DEFINE_string('packed', '', 'Evaluate this packed model file (python -m bitmaps_jax '
                     'export) instead of the run\'s latest checkpoint.')
+flags.DEFINE_integer('step', None, 'Evaluate this saved checkpoint step instead of the '
+                     'latest.')
 cli.define_config_dict('config', _run_config_from_argv(sys.argv),
                        'The run\'s config; override fields with --config.x=y.')
 
@@ -57,7 +61,11 @@ def main(argv):
   try:
     with run.lock('eval') if writable else contextlib.nullcontext():
       run.train_config()  # one line if it is not a run or is unreadable
-      out = evaluate.evaluate_run(FLAGS.workdir, FLAGS.config, FLAGS.split, FLAGS.packed)
+      if FLAGS.packed and FLAGS.step is not None:
+        raise UserError('--step and --packed: a packed file holds one model; evaluate either '
+                        'a checkpoint step or the file')
+      out = evaluate.evaluate_run(FLAGS.workdir, FLAGS.config, FLAGS.split, FLAGS.packed,
+                                  FLAGS.step)
       _print(out)
       for path in evaluate.write_results(FLAGS.workdir, FLAGS.split, out):
         print(f'  written: {path}')

@@ -124,6 +124,7 @@ def test_finetune_distill_and_eval_cli(tmp_path, glue_config):
   assert {'mcc', 'accuracy', 'pred_frac_0', 'pred_frac_1'} <= set(teacher)
   student_cfg = glue_config(teacher_checkpoint=teacher_dir)
   student_cfg.tokenizer = ''  # taken from the teacher run
+  student_cfg.keep_checkpoints = 2  # one per epoch, both kept
   cli.train(student_cfg, student_dir)
   points = [json.loads(l) for l in open(os.path.join(student_dir, 'metrics.jsonl'))]
   assert {'kd', 'hidden_mse', 'ce'} <= set(points[0])
@@ -157,6 +158,25 @@ def test_finetune_distill_and_eval_cli(tmp_path, glue_config):
   assert out.returncode == 0, out.stderr
   other = json.load(open(os.path.join(student_dir, 'eval_other_dev.json')))
   assert other['accuracy'] == result['accuracy']
+
+  # An earlier saved step, written beside (not over) the latest's results; a step that was
+  # not saved is one line naming the saved ones.
+  steps = sorted(int(d) for d in os.listdir(os.path.join(student_dir, 'checkpoints'))
+                 if d.isdigit())
+  assert len(steps) == 2 and result['checkpoint_step'] == steps[1]
+  out = subprocess.run([sys.executable, 'eval.py', f'--workdir={student_dir}',
+                        f'--step={steps[0]}'], cwd=REPO, capture_output=True, text=True, env=env)
+  assert out.returncode == 0, out.stderr
+  assert f'checkpoint step {steps[0]}' in out.stdout
+  earlier = json.load(open(os.path.join(student_dir, f'eval_validation_step{steps[0]}.json')))
+  assert earlier['checkpoint_step'] == steps[0]
+  assert json.load(open(os.path.join(student_dir, 'eval_validation.json'))) == result
+  out = subprocess.run([sys.executable, 'eval.py', f'--workdir={student_dir}', '--step=999'],
+                       cwd=REPO, capture_output=True, text=True, env=env)
+  assert out.returncode == 2
+  assert out.stderr.strip().splitlines() == [
+      f'error: {student_dir}/checkpoints: no checkpoint of step 999 '
+      f'(saved steps: {steps[0]}, {steps[1]})']
 
   # The packed file: exported, evaluated from its bits (same predictions as the checkpoint,
   # which has float32 weights only where the file keeps 16 bits), and run on sentences.
