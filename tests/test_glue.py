@@ -177,6 +177,12 @@ def test_finetune_distill_and_eval_cli(tmp_path, glue_config):
   assert out.stderr.strip().splitlines() == [
       f'error: {student_dir}/checkpoints: no checkpoint of step 999 '
       f'(saved steps: {steps[0]}, {steps[1]})']
+  out = subprocess.run([sys.executable, 'eval.py', f'--workdir={student_dir}',
+                        f'--step={steps[0]}', '--packed=model.bmp'], cwd=REPO,
+                       capture_output=True, text=True, env=env)
+  assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+      'error: --step and --packed: a packed file holds one model; evaluate either a '
+      'checkpoint step or the file']
 
   # The packed file: exported, evaluated from its bits (same predictions as the checkpoint,
   # which has float32 weights only where the file keeps 16 bits), and run on sentences.
