@@ -59,15 +59,15 @@ def main(argv):
   # cannot be written (read-only) is still evaluated, and the results printed.
   writable = run.writable()
   try:
+    if FLAGS.packed and FLAGS.step is not None:
+      raise UserError('--step and --packed: a packed file holds one model; evaluate either '
+                      'a checkpoint step or the file')
     with run.lock('eval') if writable else contextlib.nullcontext():
       run.train_config()  # one line if it is not a run or is unreadable
-      if FLAGS.packed and FLAGS.step is not None:
-        raise UserError('--step and --packed: a packed file holds one model; evaluate either '
-                        'a checkpoint step or the file')
       out = evaluate.evaluate_run(FLAGS.workdir, FLAGS.config, FLAGS.split, FLAGS.packed,
                                   FLAGS.step)
       _print(out)
-      for path in evaluate.write_results(FLAGS.workdir, FLAGS.split, out):
+      for path in evaluate.write_results(FLAGS.workdir, FLAGS.split, out, FLAGS.step):
         print(f'  written: {path}')
   except UserError as e:
     exit_with_error(e)

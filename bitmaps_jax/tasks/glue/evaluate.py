@@ -87,7 +87,6 @@ def evaluate_run(run_dir: str, config, split: str, packed_file: str = '', step=N
   """Evaluates a fine-tuning run's latest checkpoint (or saved `step`, or the packed model
   file made from it) on `split`."""
   run = RunDir(run_dir)
-  chosen_step = step  # None: the latest, whose results keep the plain file name
   if config.get('task') != 'glue':
     raise UserError(f'{run_dir}: not a GLUE fine-tuning run (task {config.get("task", "mlm")!r})')
   task = glue_data.get_task(config.task_name)
@@ -118,21 +117,20 @@ def evaluate_run(run_dir: str, config, split: str, packed_file: str = '', step=N
   if packed_file:
     out['packed_file'] = packed_file
   out['_predictions'] = (task, examples.idx, logits, (examples.labels < 0).all())
-  out['_chosen_step'] = chosen_step
   return out
 
 
-def write_results(run_dir: str, split: str, out: dict) -> list:
+def write_results(run_dir: str, split: str, out: dict, step=None) -> list:
   """Writes eval_<split>[_step<N>|_packed].json and, for unlabeled (test) splits, the GLUE
-  submission file; returns the paths. A write that fails is one line naming the file."""
+  submission file (`step`: the checkpoint step asked for, if not the latest); returns the
+  paths. A write that fails is one line naming the file."""
   task, idx, logits, unlabeled = out.pop('_predictions')
-  chosen_step = out.pop('_chosen_step', None)
   if jax.process_index() != 0:
     return []
   run = RunDir(run_dir)
   label = os.path.splitext(os.path.basename(split))[0] if split.endswith('.tsv') else split
   suffix = ('_packed' if out.get('packed_file') else
-            f'_step{chosen_step}' if chosen_step is not None else '')
+            f'_step{step}' if step is not None else '')
   name = f'eval_{label}{suffix}.json'
   written = []
   try:
