@@ -84,6 +84,10 @@ def rename(src, dst):
   path(src).rename(dst)
 
 
+def rmtree(p):
+  path(p).rmtree()
+
+
 @contextlib.contextmanager
 def local_copy(p):
   """A local path holding `p` (a file or a directory's files) for as long as the context

@@ -72,7 +72,7 @@ def test_kill_9_anywhere_then_resume_matches_uninterrupted(tmp_path):
     proc = _train(crash_dir)
     if round_ % 2 == 0:
       # In the middle of a save: orbax writes into a temporary directory first.
-      ready = lambda: any(not n.isdigit() for n in _entries(ckpt_dir))
+      ready = lambda: any('.orbax-checkpoint-tmp' in n for n in _entries(ckpt_dir))
     else:
       # A random moment after this run made progress.
       delay = rng.uniform(0.0, 0.4)

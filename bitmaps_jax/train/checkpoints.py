@@ -1,9 +1,11 @@
 """orbax checkpoints under workdir/checkpoints: train state + a small JSON of loop state.
 
 orbax writes each step into a temporary directory and renames it when complete, so a crash
-mid-save leaves the previous checkpoint as the latest readable one. A checkpoint damaged later
-(a truncated or deleted file) is set aside by `restore_latest`, which falls back to the newest
-one that restores.
+mid-save leaves the previous checkpoint as the latest readable one. An old step is dropped the
+same way in reverse: renamed into `TRASH_DIR` first and only then deleted, so a crash mid-delete
+never leaves a half-deleted step under a step's name (on local disks; object stores have no
+rename and delete in place). A checkpoint damaged anyway (a truncated or deleted file) is set
+aside by `restore_latest`, which falls back to the newest one that restores.
 """
 
 import contextlib
@@ -22,6 +24,9 @@ from bitmaps_jax.errors import UserError
 # Files every finished checkpoint has (the state is written with OCDBT).
 REQUIRED_FILES = ('_CHECKPOINT_METADATA', 'state/_METADATA', 'state/manifest.ocdbt',
                   'meta/metadata')
+
+# Where old steps go to be deleted (not a step's name, so never listed as a checkpoint).
+TRASH_DIR = 'deleting'
 
 
 @contextlib.contextmanager
@@ -54,10 +59,12 @@ class CheckpointStore:
 
   def __init__(self, directory: str, keep: int = 3, async_save: bool = False):
     self.directory = files.absolute(directory)
+    self.async_save = async_save
     # A save killed half-way leaves only a temporary directory; it is removed on the next start.
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=async_save,
-                                           cleanup_tmp_directories=True)
+                                           cleanup_tmp_directories=True,
+                                           todelete_subdir=TRASH_DIR)
     self.manager = ocp.CheckpointManager(
         self.directory, options=options,
         item_handlers={'state': ocp.StandardCheckpointHandler(),
@@ -67,11 +74,25 @@ class CheckpointStore:
     return self.manager.latest_step()
 
   def save(self, step: int, state, meta: dict):
+    # orbax's save waits for the previous one anyway; waiting here first means no rename into
+    # the trash is under way while it is emptied.
+    self.manager.wait_until_finished()
+    self._empty_trash()
     self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                     meta=ocp.args.JsonSave(meta)))
+    if not self.async_save:
+      self._empty_trash()
 
   def wait(self):
     self.manager.wait_until_finished()
+    self._empty_trash()
+
+  def _empty_trash(self):
+    """Deletes the steps orbax has set aside, including any a killed run left half-deleted.
+    Only the process that writes checkpoints does it, and only while it writes."""
+    trash = files.join(self.directory, TRASH_DIR)
+    if jax.process_index() == 0 and files.isdir(trash):
+      files.rmtree(trash)
 
   def restore(self, step: int, target_state):
     """(state, meta) of `step`, with arrays laid out like `target_state`."""
