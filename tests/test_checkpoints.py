@@ -38,3 +38,13 @@ def test_a_kill_while_deleting_an_old_step_leaves_every_step_name_whole(tmp_path
   store.save(4, _state(4), {'step': 4})  # the next save finishes the deletion
   store.close()
   assert sorted(os.listdir(directory)) == ['3', '4']
+
+
+def test_async_saves_leave_only_the_kept_steps(tmp_path):
+  directory = str(tmp_path / 'checkpoints')
+  store = checkpoints.CheckpointStore(directory, keep=2, async_save=True)
+  for step in range(1, 6):
+    store.save(step, _state(step), {'step': step})
+  store.wait()
+  store.close()
+  assert sorted(os.listdir(directory)) == ['4', '5']
