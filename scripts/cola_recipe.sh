@@ -6,7 +6,8 @@
 #  2. stage1, 1b     per-channel binary layers, hidden-state MSE + attention KL only,
 #                    2 + 2 passes over the sentences and 2 perturbed copies each, lr 5e-4
 #  3. stage2_seedS   gold-label CE + logits KL only, one pass of 4 copies, lr 2e-4, keeping
-#                    a checkpoint every CKPT_EVERY steps (STAGE2_SEEDS, default "0 1")
+#                    the last four of a checkpoint every CKPT_EVERY steps (STAGE2_SEEDS,
+#                    default "0 1")
 #  4. start          the mean of each stage-2 run's last four checkpoints
 #  5. last_seedS     rank-1 dense scales, logits KL at temperature 1, lr 1e-4, one pass of 4
 #                    copies, dropout LAST_DROPOUT (default 0.05) (SEEDS, default "0 1 2")
@@ -29,8 +30,8 @@ ckpt_every=${CKPT_EVERY:-167}
 base=(--config configs/glue.py:cola --config.data_dir="$data")
 student=("${base[@]}" --config.teacher_checkpoint="$teacher" --config.max_seq_length=64
          --config.binarize.granularity=per_channel)
-four_copies=(--config.augment.copies=4 --config.checkpoint_every_steps="$ckpt_every"
-             --config.keep_checkpoints=8 --config.num_epochs=1)
+four_copies=(--config.augment.copies=4 --config.num_epochs=1)
+last_four_kept=(--config.checkpoint_every_steps="$ckpt_every" --config.keep_checkpoints=4)
 mkdir -p "$out"
 touch "$out/wall_seconds.txt"
 
@@ -55,7 +56,7 @@ run stage1b "${student[@]}" "${STAGE1_LOSSES[@]}" --config.augment.copies=2 \
   --config.init_checkpoint="$out/stage1" --config.learning_rate=5e-4 --config.num_epochs=2 "$@"
 starts=()
 for s in ${STAGE2_SEEDS:-0 1}; do
-  run "stage2_seed$s" "${student[@]}" "${STAGE2_LOSSES[@]}" "${four_copies[@]}" \
+  run "stage2_seed$s" "${student[@]}" "${STAGE2_LOSSES[@]}" "${four_copies[@]}" "${last_four_kept[@]}" \
     --config.seed="$s" --config.init_checkpoint="$out/stage1b" --config.learning_rate=2e-4 "$@"
   starts+=($(last_four "$out/stage2_seed$s"))
 done
