@@ -249,3 +249,39 @@ def test_eval_of_a_read_only_run_prints_the_metrics_then_one_line(runs, tmp_path
   out = _run(['eval.py', f'--workdir={run}'])
   assert 'accuracy' in out.stdout and 'predicted labels' in out.stdout
   assert out.returncode == 2 and 'cannot write the results' in out.stderr
+
+
+def _live_run(runs, name, tmp_path):
+  """A copy of a finished run made to look mid-save: orbax's temporary directory of the step
+  being written and a step set aside for deletion, as a training run has them between saves."""
+  run = _copy(runs, name, tmp_path)
+  partial = run / 'checkpoints' / '99.orbax-checkpoint-tmp-1700000000000'
+  partial.mkdir()
+  (partial / 'being-written').write_text('x')
+  (run / 'checkpoints' / 'deleting' / '1').mkdir(parents=True)
+  return run
+
+
+def _tree(run):
+  return sorted(str(p.relative_to(run)) for p in run.rglob('*'))
+
+
+def test_readers_never_clean_or_write_into_a_run_they_read(runs, tmp_path):
+  """export, average and a run used as teacher_checkpoint may read a run that is training:
+  its save in progress and its trash are that run's, left as they are."""
+  mlm, glue = _live_run(runs, 'mlm', tmp_path / 'a'), _live_run(runs, 'glue', tmp_path / 'b')
+  before = {mlm: _tree(mlm), glue: _tree(glue)}
+  commands = [
+      ['-m', 'bitmaps_jax', 'export', str(mlm), f'{tmp_path}/m.bmp'],
+      ['-m', 'bitmaps_jax', 'export', str(mlm), f'{tmp_path}/hf', '--hf'],
+      ['-m', 'bitmaps_jax', 'average', f'{mlm}@3', f'{mlm}@6', f'{tmp_path}/soup'],
+      ['train.py', *runs['glue_flags'], f'--config.teacher_checkpoint={glue}',
+       '--config.num_train_steps=1', f'--workdir={tmp_path}/student'],
+  ]
+  for command in commands:
+    out = _run(command)
+    assert out.returncode == 0, (command, out.stderr[-3000:])
+    assert 'WARNING' not in out.stderr, out.stderr  # library notes stay off stderr...
+  assert {mlm: _tree(mlm), glue: _tree(glue)} == before
+  out = _run(['-m', 'bitmaps_jax', 'export', str(mlm), f'{tmp_path}/m.bmp', '--verbosity=-1'])
+  assert out.returncode == 0 and 'Given directory is read only' in out.stderr  # ...unless asked

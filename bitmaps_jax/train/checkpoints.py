@@ -57,14 +57,24 @@ def has_checkpoints(directory: str) -> bool:
 class CheckpointStore:
   """Keeps the latest `keep` checkpoints; each has 'state' (pytree) and 'meta' (JSON)."""
 
-  def __init__(self, directory: str, keep: int = 3, async_save: bool = False):
+  def __init__(self, directory: str, keep: int = 3, async_save: bool = False,
+               read_only: bool = False):
+    """`read_only`: for commands that only read a run (export, average, predict, eval, an
+    init or teacher checkpoint), which may be training meanwhile: nothing is created, cleaned
+    or deleted, so a live run's save in progress is left alone."""
     self.directory = files.absolute(directory)
     self.async_save = async_save
-    # A save killed half-way leaves only a temporary directory; it is removed on the next start.
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                           enable_async_checkpointing=async_save,
-                                           cleanup_tmp_directories=True,
-                                           todelete_subdir=TRASH_DIR)
+    self.read_only = read_only
+    if read_only:
+      options = ocp.CheckpointManagerOptions(read_only=True, create=False, max_to_keep=None,
+                                             save_interval_steps=0)
+    else:
+      # A save killed half-way leaves only a temporary directory; it is removed on the next
+      # start of the run that writes here.
+      options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                             enable_async_checkpointing=async_save,
+                                             cleanup_tmp_directories=True,
+                                             todelete_subdir=TRASH_DIR)
     self.manager = ocp.CheckpointManager(
         self.directory, options=options,
         item_handlers={'state': ocp.StandardCheckpointHandler(),
@@ -91,7 +101,7 @@ class CheckpointStore:
     """Deletes the steps orbax has set aside, including any a killed run left half-deleted.
     Only the process that writes checkpoints does it, and only while it writes."""
     trash = files.join(self.directory, TRASH_DIR)
-    if jax.process_index() == 0 and files.isdir(trash):
+    if not self.read_only and jax.process_index() == 0 and files.isdir(trash):
       files.rmtree(trash)
 
   def restore(self, step: int, target_state):

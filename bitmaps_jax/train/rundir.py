@@ -127,7 +127,7 @@ class RunDir:
     saved it."""
     if not self.has_checkpoints():
       raise UserError(f'{self.checkpoint_dir}: no checkpoint to restore')
-    store = self.checkpoint_store()
+    store = self.checkpoint_store(read_only=True)  # the run may be training meanwhile
     try:
       if step is None:
         step, params = store.restore_latest_params(
