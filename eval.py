@@ -51,9 +51,8 @@ cli.define_config_dict('config', _run_config_from_argv(sys.argv),
 def main(argv):
   del argv
   import contextlib
-  from absl import logging
   from bitmaps_jax.tasks.glue import evaluate
-  logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
+  cli.quiet_library_logs()
   run = RunDir(FLAGS.workdir)
   # The lock keeps a training run from writing while this one reads and writes; a run that
   # cannot be written (read-only) is still evaluated, and the results printed.

@@ -57,16 +57,26 @@ def read_config(name: str = 'config'):
     exit_with_error(f'--{name}: cannot load the config file ({reason[0] if reason else _first_line(e)})')
 
 
+def quiet_library_logs():
+  """Keeps library log records below ERROR off stderr: orbax's 'Waiting for previous save to
+  complete took N seconds' at every save of a short interval, 'Given directory is read only'
+  at every read, are nothing to act on and break the progress line. absl's own
+  --verbosity=-1 (warnings) or 0 (info) shows them again."""
+  from absl import logging
+  verbosity = flags.FLAGS['verbosity'] if 'verbosity' in flags.FLAGS else None
+  if verbosity is None or not verbosity.present:
+    logging.set_verbosity(logging.ERROR)
+
+
 def train(config, workdir: str) -> dict:
   """What train.py runs: the config's task. A user's mistake ends in one line, exit 2; SIGTERM
   or SIGINT ends it after a checkpoint, with one line, exit 0."""
   import jax
-  from absl import logging
   from bitmaps_jax import tasks
   from bitmaps_jax.errors import UserError
   from bitmaps_jax.train import loop
   from bitmaps_jax.train.rundir import RunDir
-  logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  quiet_library_logs()
   try:
     # One run per workdir; on several hosts, process 0 holds the lock for all of them.
     with RunDir(workdir).lock('train') if jax.process_index() == 0 else _nothing():
@@ -101,6 +111,7 @@ def run_command(main, argv, prog: str):
   flags.FLAGS.unparse_flags()
   try:
     positional = flags.FLAGS([prog] + list(argv))[1:]
+    quiet_library_logs()
     return main(positional)
   except flags.Error as e:
     exit_with_error(f'{prog}: {e}')
