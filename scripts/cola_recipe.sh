@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The binary-layers CoLA recipe end to end (docs/results.md, "The whole chain on a held-out
+# The binary-layers CoLA recipe end to end (docs/results/cola.md, "The whole chain on a held-out
 # slice of train" and "Three seeds' weights as the recipe"):
 #   scripts/cola_recipe.sh OUT DATA_DIR [extra --config.x=y flags for every training run]
 #  1. teacher        full precision from INIT, lr 5e-5, 4 epochs (TEACHER=RUN reuses one)
