@@ -32,9 +32,8 @@ def get_config(arg: str = 'cola'):
   # split 'holdout', a second labelled evaluation set (eval.py --split=holdout).
   config.holdout_examples = 0
   config.length_bucketing = True  # False: every batch padded to max_seq_length
-  # How many batches are sorted by length together. 1 (random batches, each padded only to
-  # its own longest row) learns CoLA far better than 50 (less padding, but batches of one
-  # length and so of skewed labels); see docs/results/cola.md.
+  # How many batches are sorted by length together: 1, random batches each padded to its own
+  # longest row; more, less padding but batches of one length (and so of skewed labels).
   config.bucket_pool = 1
   config.max_seq_length = 128
   config.freeze_embeddings = False

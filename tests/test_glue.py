@@ -233,7 +233,8 @@ def test_perturbed_copies_are_distilled_but_not_in_the_task_loss(tmp_path, glue_
   cfg.distill.update(ce_weight=1.0, kd_weight=0.0, hidden_weight=0.0)
   task, _ = finetuning.build_task(cfg, str(tmp_path / 'student'))
   per_epoch = 3 * 48 // task.items_per_step  # originals + 2 copies, in global batches
-  assert cfg.num_train_steps == 2 * per_epoch
+  saved = finetuning.RunDir(str(tmp_path / 'student')).train_config()
+  assert saved.num_train_steps == 2 * per_epoch and cfg.num_train_steps == 0
   labeled = sum(float(task.train_batch(s)['label_weights'].sum()) for s in range(per_epoch))
   assert labeled == 48  # each original once per pass, each copy without a gold label
   batch = task.train_batch(0)

@@ -43,9 +43,9 @@ def test_named_commands_and_configs_exist():
   import importlib
   for command in entry.COMMANDS:  # their flags coexist in one process
     importlib.import_module(f'bitmaps_jax.tools.{command}')
-  for path, arg in re.findall(r'(configs/\w+\.py):\{?([\w,]+)', README):
+  for path, arg in re.findall(r'(configs/[\w/]+\.py):\{?([\w,]+)', README):
     assert os.path.isfile(os.path.join(REPO, path)), path
-    module = __import__(f'configs.{os.path.basename(path)[:-3]}', fromlist=['get_config'])
+    module = __import__(path[:-3].replace('/', '.'), fromlist=['get_config'])
     for a in arg.split(','):
       if a != 'ROW':
         module.get_config(a)  # every argument the README names is accepted

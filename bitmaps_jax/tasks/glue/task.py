@@ -98,17 +98,20 @@ def load_data(config, tokenizer, teacher: Optional[Teacher] = None) -> GlueData:
 
 
 def derive_schedule(config, steps_per_epoch: int):
-  """num_train_steps from num_epochs, warm-up from warmup_ratio, evaluation and checkpoints
-  once per epoch, unless the config sets them. Done before the config is saved."""
-  if config.num_train_steps <= 0:
-    if config.num_epochs <= 0:
-      raise UserError(f'config.num_epochs must be positive, got {config.num_epochs}')
-    config.num_train_steps = int(round(config.num_epochs * steps_per_epoch))
-  if config.warmup_steps < 0:
-    config.warmup_steps = int(config.warmup_ratio * config.num_train_steps)
+  """A copy of `config` with num_train_steps from num_epochs, warm-up from warmup_ratio,
+  evaluation and checkpoints once per epoch, unless the config sets them: the config the run
+  trains under and saves. The caller's config is left as it was."""
+  derived = config.copy_and_resolve_references()
+  if derived.num_train_steps <= 0:
+    if derived.num_epochs <= 0:
+      raise UserError(f'config.num_epochs must be positive, got {derived.num_epochs}')
+    derived.num_train_steps = int(round(derived.num_epochs * steps_per_epoch))
+  if derived.warmup_steps < 0:
+    derived.warmup_steps = int(derived.warmup_ratio * derived.num_train_steps)
   for field in ('eval_every_steps', 'checkpoint_every_steps'):
-    if config[field] <= 0:
-      config[field] = steps_per_epoch
+    if derived[field] <= 0:
+      derived[field] = steps_per_epoch
+  return derived
 
 
 def load_teacher(config, student: BertConfig) -> Optional[Teacher]:
@@ -168,12 +171,14 @@ def make_batch_metrics(model, teacher_model, distill_cfg, labeled):
   return batch_metrics
 
 
-def build_task(config, workdir: str):
-  """(loop.Task, BertConfig) for fine-tuning on `config.task_name`; writes the run's files."""
+def build(config, workdir: str):
+  """(loop.Task, BertConfig, the run's config) for fine-tuning on `config.task_name`; writes
+  the run's files. The run's config is `config` with its derived fields filled in."""
   for field in ('teacher_checkpoint', 'init_checkpoint'):
     if config[field] and not files.exists(config[field]):
       raise UserError(f'{config[field]}: config.{field} not found')
   if config.teacher_checkpoint and not config.init_checkpoint:
+    config = config.copy_and_resolve_references()
     config.init_checkpoint = config.teacher_checkpoint  # the student starts from the teacher
   vocab = tokenizers.tokenizer_source(config)
   if vocab is None:
@@ -185,7 +190,7 @@ def build_task(config, workdir: str):
                                          num_labels=task_def.num_labels)
   teacher = load_teacher(config, model_cfg)
   data = load_data(config, tokenizer, teacher)
-  derive_schedule(config, data.batches.steps_per_epoch)
+  config = derive_schedule(config, data.batches.steps_per_epoch)
   run = RunDir(workdir)
   run.check_resumable(model_cfg)
   if jax.process_index() == 0:
@@ -214,9 +219,15 @@ def build_task(config, workdir: str):
           f'{config.eval_split} examples (mean {mean_len:.1f} tokens), '
           f'{config.num_train_steps} steps of {global_batch}; binarize {model_cfg.binarize}; '
           f'teacher {teacher.path if teacher else "none"}', flush=True)
+  return task, model_cfg, config
+
+
+def build_task(config, workdir: str):
+  """(loop.Task, BertConfig) of `build`."""
+  task, model_cfg, _ = build(config, workdir)
   return task, model_cfg
 
 
 def run(config, workdir: str) -> dict:
-  task, _ = build_task(config, workdir)
+  task, _, config = build(config, workdir)
   return loop.train_and_evaluate(config, workdir, task)
