@@ -9,6 +9,7 @@ from flax import traverse_util
 from bitmaps_jax.model import bert as models
 from bitmaps_jax.model import binary_params
 from bitmaps_jax.model import packed as export
+from bitmaps_jax import kernels
 from bitmaps_jax.errors import UserError
 
 VARIANTS = ['none', 'scalar', 'per_dim', 'per_token', 'rank1']
@@ -63,19 +64,29 @@ def test_packed_file_reproduces_every_dense_scheme(tmp_path, granularity):
                              atol=1e-5)
 
 
-def test_packed_model_runs_from_the_bits(tmp_path):
+@pytest.mark.parametrize('kernel', ['ffi', 'xla', 'pallas'])
+def test_packed_model_runs_from_the_bits(tmp_path, kernel):
+  if kernel == 'ffi' and not kernels.ffi.available():
+    pytest.skip('the CPU kernel library is not built')
   cfg, params = _model('per_dim', architecture='BertForSequenceClassification')
   path = str(tmp_path / 'model.bitmaps')
   export.save_packed(cfg, params, path, float_dtype='float32')
-  model = export.PackedModel.load(path)
+  model = export.PackedModel.load(path, kernel=kernel)
   ids = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 12)))
   np.testing.assert_allclose(model(ids), _logits(cfg, params), rtol=1e-5, atol=1e-5)
-  # In memory: ceil(n / 8) bytes per binary weight, 4 bytes per other value (a float32 file).
+  # In memory: 1 bit per binary weight (padded to the kernel's layout), 4 bytes per other
+  # value (a float32 file); no float copy of a binary weight.
   flat = traverse_util.flatten_dict(params)
   layout = binary_params.layout(cfg)
-  expected = sum(-(-flat[p].size // 8) if p in layout else 4 * flat[p].size for p in flat)
+  def bits_bytes(w):
+    k, n = w.shape[::-1] if w.shape[0] == cfg.vocab_size else w.shape  # tables hold E^T
+    shape, dtype = kernels.layouts.packed_shape(k, n, kernels.LAYOUT_OF[kernel])
+    return int(np.prod(shape)) * np.dtype(dtype).itemsize
+  expected = sum(bits_bytes(flat[p]) if p in layout else 4 * flat[p].size for p in flat)
   assert model.nbytes == expected
-  assert any(v.dtype == jnp.uint8 for v in model.arrays.values())
+  assert expected < sum(4 * v.size for v in flat.values()) / 2
+  signs = jax.tree.leaves(model.packed_signs)
+  assert len(signs) == len(layout) and all(v.dtype in (jnp.uint8, jnp.uint32) for v in signs)
 
 
 @pytest.mark.parametrize('float_dtype', ['float16', 'bfloat16'])

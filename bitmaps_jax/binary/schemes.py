@@ -17,6 +17,7 @@ from typing import ClassVar, Dict, Optional, Tuple
 import jax
 import jax.numpy as jnp
 
+from bitmaps_jax import kernels
 from bitmaps_jax.binary.ste import sign_ste, ternary_ste
 from bitmaps_jax.errors import UserError
 
@@ -45,6 +46,13 @@ class Scheme:
   def signs(self, w):
     """B = sign(W - c), with the straight-through gradient."""
     return sign_ste(w - self.centre(w), self.clip)
+
+  def sign_product(self, x, w):
+    """x @ B: through a 1-bit kernel when `w` is already packed signs (a packed model),
+    else as a float product with the signs of the latent weight."""
+    if isinstance(w, kernels.PackedSigns):
+      return kernels.sign_matmul(x, w)
+    return jnp.matmul(x, self.signs(w).astype(x.dtype))
 
   def dequantize(self, w, scales):
     """The dense float matrix the binary weight stands for."""
@@ -112,7 +120,7 @@ class _AlphaGammaDense(DenseScheme):
     return {'alpha': alpha, 'gamma': _gamma(w, axes, self.gamma_init)}
 
   def matmul(self, x, w, scales):
-    y = jnp.matmul(x, self.signs(w).astype(x.dtype))
+    y = self.sign_product(x, w)
     alpha, gamma = (scales[n].astype(x.dtype) for n in ('alpha', 'gamma'))
     return alpha * y + gamma * jnp.sum(x, axis=-1, keepdims=True)
 
@@ -174,7 +182,7 @@ class Rank1Dense(DenseScheme):
 
   def matmul(self, x, w, scales):
     g, h = (scales[n].astype(x.dtype) for n in ('g', 'h'))
-    return jnp.matmul(x * h, self.signs(w).astype(x.dtype)) * g
+    return self.sign_product(x * h, w) * g
 
   def dequantize(self, w, scales):
     return scales['h'][:, None] * scales['g'][None, :] * self.signs(w)
@@ -234,6 +242,20 @@ class EmbeddingScheme(Scheme):
   def decode(self, table, h, scales):
     raise NotImplementedError
 
+  def row_signs(self, table, ids, centre_of_rows=None):
+    """sign(E[ids] - c): read from the bits when `table` is packed (its signs hold E^T)."""
+    if isinstance(table, kernels.PackedSigns):
+      return kernels.row_signs(table, ids)
+    rows = jnp.take(table, ids, axis=0)
+    c = centre_of_rows(rows) if centre_of_rows else jnp.zeros((), rows.dtype)
+    return sign_ste(rows - c, self.clip)
+
+  def decode_product(self, h, table):
+    """h @ B^T for the table's signs B: a `sign_matmul` when packed."""
+    if isinstance(table, kernels.PackedSigns):
+      return kernels.sign_matmul(h, table)
+    return jnp.matmul(h, self.signs(table).astype(h.dtype).T)
+
 
 @dataclasses.dataclass(frozen=True)
 class FloatEmbedding(EmbeddingScheme):
@@ -276,8 +298,7 @@ class _AlphaGammaEmbedding(EmbeddingScheme):
     return scales['alpha'], scales['gamma']
 
   def lookup(self, table, ids, scales):
-    rows = jnp.take(table, ids, axis=0)
-    signs = sign_ste(rows - self._centre_of_rows(table, rows), self.clip)
+    signs = self.row_signs(table, ids, lambda rows: self._centre_of_rows(table, rows))
     a, g = self._row_scales(scales, ids)
     return a * signs + g
 
@@ -286,9 +307,8 @@ class _AlphaGammaEmbedding(EmbeddingScheme):
     return a * self.signs(w) + g
 
   def decode(self, table, h, scales):
-    signs = self.signs(table).astype(h.dtype)
     a, g = (scales[n].astype(h.dtype) for n in ('alpha', 'gamma'))
-    return a * jnp.matmul(h, signs.T) + g * jnp.sum(h, -1, keepdims=True)
+    return a * self.decode_product(h, table) + g * jnp.sum(h, -1, keepdims=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -305,9 +325,8 @@ class PerDimEmbedding(_AlphaGammaEmbedding):
   axes: ClassVar[Tuple[int, ...]] = (0,)
 
   def decode(self, table, h, scales):
-    signs = self.signs(table).astype(h.dtype)
     a, g = (scales[n].astype(h.dtype) for n in ('alpha', 'gamma'))
-    return jnp.matmul(h * a, signs.T) + jnp.sum(h * g, -1, keepdims=True)
+    return self.decode_product(h * a, table) + jnp.sum(h * g, -1, keepdims=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -339,13 +358,12 @@ class Rank1Embedding(EmbeddingScheme):
     return {'u': u, 'v': v}
 
   def lookup(self, table, ids, scales):
-    signs = sign_ste(jnp.take(table, ids, axis=0), self.clip)
+    signs = self.row_signs(table, ids)
     return scales['u'][ids][..., None] * (scales['v'] * signs)
 
   def decode(self, table, h, scales):
-    signs = sign_ste(table, self.clip).astype(h.dtype)
     u, v = (scales[n].astype(h.dtype) for n in ('u', 'v'))
-    return u * jnp.matmul(h * v, signs.T)
+    return u * self.decode_product(h * v, table)
 
   def dequantize(self, w, scales):
     return scales['u'][:, None] * scales['v'][None, :] * sign_ste(w)

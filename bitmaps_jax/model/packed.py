@@ -15,8 +15,9 @@ import msgpack
 import numpy as np
 from flax import traverse_util
 
+from bitmaps_jax import files, kernels
+from bitmaps_jax.binary.layers import PACKED
 from bitmaps_jax.binary.packing import pack_signs, unpack_signs
-from bitmaps_jax import files
 from bitmaps_jax.errors import UserError
 from bitmaps_jax.model import bert, binary_params
 from bitmaps_jax.model.bert import BertConfig
@@ -104,40 +105,54 @@ def load_packed(path: str):
 
 
 class PackedModel:
-  """A model that runs from the packed file's bits: binary weights stay packed (uint8, 1 bit
-  per weight) in device memory and are unpacked inside the jitted forward pass; the other
-  weights stay in the file's 16 bits.
+  """A model that runs from the packed file's bits: each binary matrix stays at 1 bit per
+  weight in memory and is multiplied by a 1-bit kernel (`bitmaps_jax.kernels`) that reads
+  the bits, never a float copy; word-embedding rows are looked up from their bits. The
+  other weights stay in the file's 16 bits.
 
-      model = PackedModel.load('model.bmp')
+      model = PackedModel.load('model.bmp')          # kernel='auto': the fastest here
       logits = model(input_ids, attention_mask, token_type_ids)
+
+  `kernel`: 'ffi' (the C++ CPU kernel), 'pallas' (TPU/GPU), 'xla' (unpack inside the
+  jitted forward and let XLA multiply: the reference), or 'auto'.
   """
 
-  def __init__(self, config: BertConfig, records: dict):
+  def __init__(self, config: BertConfig, records: dict, kernel: str = 'auto'):
     self.config = config
-    self.shapes = {k: tuple(r['shape']) for k, r in records.items() if _is_signs(r)}
-    self.arrays = {'/'.join(k): jnp.asarray(np.frombuffer(r['packed_signs'], np.uint8))
-                   if _is_signs(r) else jnp.asarray(_array_from_record(r))
-                   for k, r in records.items()}
+    self.kernel = kernels.resolve(kernel)
+    floats, signs = {}, {}
+    for key, r in records.items():
+      if _is_signs(r):
+        shape = tuple(r['shape'])
+        bits = np.unpackbits(np.frombuffer(r['packed_signs'], np.uint8),
+                             count=int(np.prod(shape)))
+        matrix = bits.reshape(shape).astype(np.int8) * 2 - 1
+        if key[-1] == 'embedding':  # (vocab, hidden): kept as E^T for the tied decoder
+          matrix = matrix.T
+        signs[key] = kernels.pack_signs(matrix, self.kernel)
+      else:
+        floats[key] = jnp.asarray(_array_from_record(r))
+    self.params = traverse_util.unflatten_dict(floats)
+    self.packed_signs = traverse_util.unflatten_dict(signs)
     module = bert.build_model(config)
-    shapes = {'/'.join(k): s for k, s in self.shapes.items()}
     compute = config.params_dtype
 
-    def forward(arrays, input_ids, attention_mask, token_type_ids):
-      flat = {tuple(k.split('/')): unpack_signs(v, shapes[k], compute) if k in shapes
-              else v.astype(compute) for k, v in arrays.items()}
-      return module.apply({'params': traverse_util.unflatten_dict(flat)}, input_ids,
+    def forward(params, packed_signs, input_ids, attention_mask, token_type_ids):
+      params = jax.tree.map(lambda v: v.astype(compute), params)
+      return module.apply({'params': params, PACKED: packed_signs}, input_ids,
                           attention_mask, token_type_ids, deterministic=True)
 
     self._forward = jax.jit(forward)
 
   @classmethod
-  def load(cls, path: str) -> 'PackedModel':
-    return cls(*read_packed(path))
+  def load(cls, path: str, kernel: str = 'auto') -> 'PackedModel':
+    return cls(*read_packed(path), kernel=kernel)
 
   @property
   def nbytes(self) -> int:
     """Bytes of the weights as held in memory."""
-    return sum(int(v.nbytes) for v in self.arrays.values())
+    leaves = jax.tree.leaves((self.params, self.packed_signs))
+    return sum(int(v.nbytes) for v in leaves)
 
   def _inputs(self, input_ids, attention_mask, token_type_ids):
     input_ids = jnp.asarray(input_ids)
@@ -145,7 +160,7 @@ class PackedModel:
       attention_mask = jnp.ones_like(input_ids)
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
-    return self.arrays, input_ids, attention_mask, token_type_ids
+    return self.params, self.packed_signs, input_ids, attention_mask, token_type_ids
 
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None):
     """The model's output (logits for the MLM and classifier heads) from the packed bits."""

@@ -1,0 +1,335 @@
+// y = x @ B for a +-1 matrix B (K, N) held as 1 bit per weight, on CPU, as an XLA FFI handler.
+//
+// Lookup-table kernel (after T-MAC): inputs are taken in groups of four; for each token and
+// group, the 16 signed sums +-x0 +-x1 +-x2 +-x3 are a table, and by symmetry (T[~i] = -T[i])
+// eight of them suffice. Four weight bits of one output then select one table entry, so a
+// group costs one lookup instead of four multiply-adds, and the weights are read as bits.
+// AVX2 looks up eight outputs at once with vpermps, AVX-512 sixteen; a portable C++ path
+// runs elsewhere. The CPU is asked at run time.
+//
+// Weight layout ("lut4"): uint32 words [ceil(N / 8), ceil(K / 4)]. Word (b, g) holds, in its
+// nibble l, the code of output 8b + l for inputs 4g .. 4g + 3: with n = the four sign bits
+// (bit i set when B[4g + i, j] = +1), code = n & 7 when bit 3 is set, else (~n & 7) | 8; the
+// low three bits index the eight-entry table and bit 3 says "negate".
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define BITMAPS_X86 1
+#endif
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr int kGroupBlock = 64;  // groups of 4 inputs per pass: 8 tokens' tables stay in L1
+constexpr int kTokenTile = 8;
+
+// Eight-entry tables for tokens [m0, m1): tables[(m - m0) * G + g][e].
+void BuildTables(const float* x, int64_t K, int64_t G, int64_t m0, int64_t m1, float* tables) {
+  for (int64_t m = m0; m < m1; ++m) {
+    const float* row = x + m * K;
+    float* t = tables + (m - m0) * G * 8;
+    for (int64_t g = 0; g < G; ++g) {
+      float v[4];
+      for (int i = 0; i < 4; ++i) v[i] = 4 * g + i < K ? row[4 * g + i] : 0.0f;
+      for (int e = 0; e < 8; ++e) {
+        t[g * 8 + e] = v[3] + ((e & 1) ? v[0] : -v[0]) + ((e & 2) ? v[1] : -v[1]) +
+                       ((e & 4) ? v[2] : -v[2]);
+      }
+    }
+  }
+}
+
+// Portable path: outputs of blocks [b0, b1) for tokens [m0, m0 + mt).
+void BlockPortable(const float* tables, const uint32_t* w, int64_t G, int64_t N, int64_t m0,
+                   int mt, int64_t b0, int64_t b1, float* y) {
+  for (int64_t b = b0; b < b1; ++b) {
+    float acc[kTokenTile][8] = {};
+    const uint32_t* wb = w + b * G;
+    for (int64_t g = 0; g < G; ++g) {
+      const uint32_t word = wb[g];
+      for (int t = 0; t < mt; ++t) {
+        const float* tab = tables + (t * G + g) * 8;
+        for (int l = 0; l < 8; ++l) {
+          const uint32_t c = (word >> (4 * l)) & 15u;
+          const float v = tab[c & 7u];
+          acc[t][l] += (c & 8u) ? -v : v;
+        }
+      }
+    }
+    const int64_t lanes = std::min<int64_t>(8, N - 8 * b);
+    for (int t = 0; t < mt; ++t)
+      for (int l = 0; l < lanes; ++l) y[(m0 + t) * N + 8 * b + l] = acc[t][l];
+  }
+}
+
+#ifdef BITMAPS_X86
+template <int MT>
+__attribute__((target("avx2,fma"))) void BlockAvx2(const float* tables, const uint32_t* w,
+                                                   int64_t G, int64_t N, int64_t m0,
+                                                   int64_t b0, int64_t b1, float* y) {
+  const __m256i right = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+  const __m256i left = _mm256_setr_epi32(28, 24, 20, 16, 12, 8, 4, 0);
+  const __m256i signbit = _mm256_set1_epi32(static_cast<int>(0x80000000u));
+  alignas(32) float tmp[8];
+  for (int64_t g0 = 0; g0 < G; g0 += kGroupBlock) {
+    const int64_t g1 = std::min<int64_t>(G, g0 + kGroupBlock);
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t lanes = std::min<int64_t>(8, N - 8 * b);
+      __m256 acc[MT];
+      for (int t = 0; t < MT; ++t) {
+        if (g0 == 0) {
+          acc[t] = _mm256_setzero_ps();
+        } else if (lanes == 8) {
+          acc[t] = _mm256_loadu_ps(y + (m0 + t) * N + 8 * b);
+        } else {
+          std::memset(tmp, 0, sizeof(tmp));
+          std::memcpy(tmp, y + (m0 + t) * N + 8 * b, sizeof(float) * lanes);
+          acc[t] = _mm256_load_ps(tmp);
+        }
+      }
+      const uint32_t* wb = w + b * G;
+      for (int64_t g = g0; g < g1; ++g) {
+        const __m256i word = _mm256_set1_epi32(static_cast<int>(wb[g]));
+        const __m256i idx = _mm256_srlv_epi32(word, right);
+        const __m256 neg = _mm256_castsi256_ps(_mm256_and_si256(_mm256_sllv_epi32(word, left),
+                                                                signbit));
+        for (int t = 0; t < MT; ++t) {
+          const __m256 tab = _mm256_loadu_ps(tables + (t * G + g) * 8);
+          acc[t] = _mm256_add_ps(acc[t], _mm256_xor_ps(_mm256_permutevar8x32_ps(tab, idx), neg));
+        }
+      }
+      for (int t = 0; t < MT; ++t) {
+        float* out = y + (m0 + t) * N + 8 * b;
+        if (lanes == 8) {
+          _mm256_storeu_ps(out, acc[t]);
+        } else {
+          _mm256_store_ps(tmp, acc[t]);
+          std::memcpy(out, tmp, sizeof(float) * lanes);
+        }
+      }
+    }
+  }
+}
+
+using BlockFn = void (*)(const float*, const uint32_t*, int64_t, int64_t, int64_t, int64_t,
+                         int64_t, float*);
+const BlockFn kAvx2Blocks[kTokenTile + 1] = {
+    nullptr,         BlockAvx2<1>, BlockAvx2<2>, BlockAvx2<3>, BlockAvx2<4>,
+    BlockAvx2<5>,    BlockAvx2<6>, BlockAvx2<7>, BlockAvx2<8>};
+
+bool HasAvx2() {
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+}
+
+// AVX-512: sixteen outputs per lookup from a sixteen-entry table [T8, -T8] indexed by the
+// code itself, so no sign fix-up; inputs are taken in blocks whose tables stay in L1, the
+// partial sums kept in the output between blocks.
+constexpr int kGroupBlock512 = 32;
+
+// Sixteen-entry tables [T8, -T8] for tokens [m0, m1), built in place from the eight-entry
+// ones (each row's second half first, so nothing is overwritten before it is read).
+void BuildTables16(const float* x, int64_t K, int64_t G, int64_t m0, int64_t m1,
+                   float* tables) {
+  BuildTables(x, K, G, m0, m1, tables);  // [m1 - m0, G, 8] at the front
+  for (int64_t i = (m1 - m0) * G - 1; i >= 0; --i)
+    for (int e = 7; e >= 0; --e) {
+      const float v = tables[i * 8 + e];
+      tables[i * 16 + e] = v;
+      tables[i * 16 + 8 + e] = -v;
+    }
+}
+
+template <int MT>
+__attribute__((target("avx512f"))) void BlockAvx512(const float* tables, const uint32_t* w,
+                                                    int64_t G, int64_t N, int64_t m0,
+                                                    int64_t b0, int64_t b1, float* y) {
+  const __m512i shifts = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28,
+                                           0, 4, 8, 12, 16, 20, 24, 28);
+  for (int64_t g0 = 0; g0 < G; g0 += kGroupBlock512) {
+    const int64_t g1 = std::min<int64_t>(G, g0 + kGroupBlock512);
+    for (int64_t b = b0; b < b1; b += 2) {
+      const bool pair = b + 1 < b1;
+      const uint32_t* wa = w + b * G;
+      const uint32_t* wb = pair ? wa + G : wa;
+      const int64_t lanes = std::min<int64_t>(pair ? 16 : 8, N - 8 * b);
+      const __mmask16 mask = static_cast<__mmask16>((1u << lanes) - 1u);
+      __m512 acc[MT];
+      for (int t = 0; t < MT; ++t)
+        acc[t] = g0 == 0 ? _mm512_setzero_ps()
+                         : _mm512_maskz_loadu_ps(mask, y + (m0 + t) * N + 8 * b);
+      for (int64_t g = g0; g < g1; ++g) {
+        const __m512i word = _mm512_inserti64x4(
+            _mm512_castsi256_si512(_mm256_set1_epi32(static_cast<int>(wa[g]))),
+            _mm256_set1_epi32(static_cast<int>(wb[g])), 1);
+        const __m512i idx = _mm512_srlv_epi32(word, shifts);
+        for (int t = 0; t < MT; ++t) {
+          const __m512 tab = _mm512_loadu_ps(tables + (t * G + g) * 16);
+          acc[t] = _mm512_add_ps(acc[t], _mm512_permutexvar_ps(idx, tab));
+        }
+      }
+      for (int t = 0; t < MT; ++t) _mm512_mask_storeu_ps(y + (m0 + t) * N + 8 * b, mask, acc[t]);
+    }
+  }
+}
+
+const BlockFn kAvx512Blocks[kTokenTile + 1] = {
+    nullptr,           BlockAvx512<1>, BlockAvx512<2>, BlockAvx512<3>, BlockAvx512<4>,
+    BlockAvx512<5>,    BlockAvx512<6>, BlockAvx512<7>, BlockAvx512<8>};
+
+bool HasAvx512() {
+  static const bool has = __builtin_cpu_supports("avx512f");
+  return has;
+}
+#else
+bool HasAvx2() { return false; }
+bool HasAvx512() { return false; }
+#endif
+
+// The most capable path allowed: 2 AVX-512, 1 AVX2, 0 portable (tests compare them).
+std::atomic<int> g_max_path{2};
+
+int ChoosePath() {
+  const int cap = g_max_path.load();
+  if (cap >= 2 && HasAvx512()) return 2;
+  if (cap >= 1 && HasAvx2()) return 1;
+  return 0;
+}
+
+struct Work {
+  const float* x;
+  const uint32_t* w;
+  float* y;
+  int64_t M, K, N, G, NB;
+  int path;
+  // A chunk is a range of token tiles (many tokens) or of output blocks (few tokens): no two
+  // chunks write the same output, and each builds the tables of its own tokens.
+  bool split_tokens;
+  int64_t tiles, chunks, per_chunk;
+  std::vector<float> shared_tables;  // every token's tables, when chunks split the outputs
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> done{0};
+  std::mutex mu;
+  std::condition_variable cv;
+
+  int Width() const { return path == 2 ? 16 : 8; }
+
+  void Build(int64_t m0, int64_t m1, float* tables) const {
+    if (path == 2) {
+      BuildTables16(x, K, G, m0, m1, tables);
+    } else {
+      BuildTables(x, K, G, m0, m1, tables);
+    }
+  }
+
+  void Tile(int64_t m0, int64_t b0, int64_t b1, const float* tables) {
+    const int mt = static_cast<int>(std::min<int64_t>(kTokenTile, M - m0));
+#ifdef BITMAPS_X86
+    if (path == 2) return kAvx512Blocks[mt](tables, w, G, N, m0, b0, b1, y);
+    if (path == 1) return kAvx2Blocks[mt](tables, w, G, N, m0, b0, b1, y);
+#endif
+    BlockPortable(tables, w, G, N, m0, mt, b0, b1, y);
+  }
+
+  void Run(int64_t c) {
+    if (split_tokens) {
+      thread_local std::vector<float> tables;
+      tables.resize(static_cast<size_t>(kTokenTile * G * Width()));
+      const int64_t t1 = std::min(tiles, (c + 1) * per_chunk);
+      for (int64_t t = c * per_chunk; t < t1; ++t) {
+        const int64_t m0 = t * kTokenTile;
+        Build(m0, std::min(M, m0 + kTokenTile), tables.data());
+        Tile(m0, 0, NB, tables.data());
+      }
+    } else {
+      const int64_t b0 = c * per_chunk, b1 = std::min(NB, b0 + per_chunk);
+      for (int64_t t = 0; t < tiles; ++t)
+        Tile(t * kTokenTile, b0, b1, shared_tables.data() + t * kTokenTile * G * Width());
+    }
+  }
+
+  void Drain() {
+    int64_t c;
+    while ((c = next.fetch_add(1)) < chunks) {
+      Run(c);
+      if (done.fetch_add(1) + 1 == chunks) {
+        std::lock_guard<std::mutex> lock(mu);
+        cv.notify_all();
+      }
+    }
+  }
+};
+
+ffi::Error SignMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                          ffi::Buffer<ffi::U32> words, ffi::ResultBuffer<ffi::F32> y,
+                          int64_t k, int64_t n) {
+  const auto xd = x.dimensions();
+  const auto wd = words.dimensions();
+  if (xd.size() != 2 || xd[1] != k)
+    return ffi::Error::InvalidArgument("sign_matmul: x must be (tokens, k)");
+  const int64_t G = (k + 3) / 4, NB = (n + 7) / 8;
+  if (wd.size() != 2 || wd[0] != NB || wd[1] != G)
+    return ffi::Error::InvalidArgument("sign_matmul: packed signs have the wrong shape");
+  auto work = std::make_shared<Work>();
+  work->x = x.typed_data();
+  work->w = words.typed_data();
+  work->y = y->typed_data();
+  work->M = xd[0];
+  work->K = k;
+  work->N = n;
+  work->G = G;
+  work->NB = NB;
+  work->path = ChoosePath();
+  if (work->M == 0 || n == 0) return ffi::Error::Success();
+  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  work->tiles = (work->M + kTokenTile - 1) / kTokenTile;
+  work->split_tokens = work->tiles >= 4 * threads;
+  if (work->split_tokens) {
+    work->per_chunk = std::max<int64_t>(1, work->tiles / (4 * threads));
+    work->chunks = (work->tiles + work->per_chunk - 1) / work->per_chunk;
+  } else {
+    // Even, so that AVX-512 pairs of blocks never straddle two chunks.
+    int64_t per = std::max<int64_t>(8, (NB + 4 * threads - 1) / (4 * threads));
+    work->per_chunk = per + (per & 1);
+    work->chunks = (NB + work->per_chunk - 1) / work->per_chunk;
+    work->shared_tables.resize(static_cast<size_t>(work->M * G * work->Width()));
+    work->Build(0, work->M, work->shared_tables.data());
+  }
+  const int64_t helpers = std::min<int64_t>(threads, work->chunks) - 1;
+  for (int64_t i = 0; i < helpers; ++i) pool.Schedule([work] { work->Drain(); });
+  work->Drain();
+  std::unique_lock<std::mutex> lock(work->mu);
+  work->cv.wait(lock, [&] { return work->done.load() == work->chunks; });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BitmapsSignMatmul, SignMatmulImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::U32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("k")
+                                  .Attr<int64_t>("n"));
+
+extern "C" {
+// The path the kernel runs on this CPU: 2 AVX-512, 1 AVX2, 0 portable C++.
+int bitmaps_kernel_path() { return ChoosePath(); }
+// Caps the path (2, 1 or 0), e.g. to compare the portable path with the vector ones.
+void bitmaps_set_max_path(int path) { g_max_path.store(path); }
+}
