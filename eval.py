@@ -3,9 +3,10 @@
     python eval.py --workdir RUN [--split validation|test|train|holdout|FILE.tsv]
                    [--step N] [--config.data_dir=OTHER]
 
-Prints the metrics (each with the range that resampling the examples gives it), the
-predicted-label distribution and the confusion matrix, and writes
-RUN/eval_<split>.json (and CoLA.tsv / SST-2.tsv for unlabeled test splits). --step picks an
+Prints every metric of the task (each with the range that resampling the examples gives
+it), the predicted-label distribution and the confusion matrix (for STS-B, the spread of the
+predicted scores), and writes RUN/eval_<split>.json (and the GLUE submission file, e.g.
+CoLA.tsv or STS-B.tsv, for unlabeled test splits). --step picks an
 earlier saved checkpoint (written as eval_<split>_step<N>.json), e.g. the one a holdout split
 ranks first.
 """
@@ -75,13 +76,18 @@ def main(argv):
 def _print(out):
   source = (f'packed file {out["packed_file"]}' if out.get('packed_file')
             else f'checkpoint step {out["checkpoint_step"]}')
+  from bitmaps_jax.tasks.glue import data as glue_data
   print(f'{out["task"]} {out["split"]}: {out["num_examples"]} examples, {source}')
-  for key in ('mcc', 'accuracy', 'loss'):
+  for key in (*glue_data.get_task(out['task']).metrics, 'loss'):
     if key in out:
       interval = out.get(f'{key}_interval95')
       span = (f'  (95% range over resampled examples: {interval[0]:.3f} to {interval[1]:.3f})'
               if interval else '')
       print(f'  {key:<9} {out[key]:.4f}{span}')
+  if 'predicted_score_range' in out:
+    lo, hi = out['predicted_score_range']
+    print(f'  predicted scores: mean {out["predicted_score_mean"]:.3f}, {lo:.3f} to {hi:.3f}')
+    return
   counts = out['predicted_label_counts']
   print('  predicted labels: ' + ', '.join(f'{k}: {c} ({c / max(sum(counts), 1):.1%})'
                                            for k, c in enumerate(counts)))

@@ -1,4 +1,5 @@
-"""GLUE single-sentence fine-tuning (CoLA, SST-2), optionally distilled from a teacher.
+"""GLUE fine-tuning (CoLA, SST-2; the pair tasks MRPC, RTE, STS-B, WNLI), optionally
+distilled from a teacher.
 
     python train.py --config configs/glue.py:cola --workdir runs/cola-fp \
         --config.init_checkpoint=HF_OR_RUN_DIR --config.data_dir=GLUE_DIR \
@@ -6,7 +7,8 @@
     python train.py --config configs/glue.py:cola --workdir runs/cola-binary \
         --config.teacher_checkpoint=runs/cola-fp --config.data_dir=GLUE_DIR
 
-data_dir: a GLUE directory (CoLA/{train,dev,test}.tsv, SST-2/...); empty: TFDS glue/<task>.
+data_dir: a GLUE directory (CoLA/{train,dev,test}.tsv, SST-2/..., MRPC/..., STS-B/...);
+empty: TFDS glue/<task>.
 `configs/glue.py:cola,tiny`: a tiny random model and short sequences (tests).
 """
 
@@ -14,7 +16,7 @@ import ml_collections
 
 from configs import base
 
-TASKS = ('cola', 'sst2')
+TASKS = ('cola', 'sst2', 'mrpc', 'rte', 'stsb', 'wnli')
 
 
 def get_config(arg: str = 'cola'):

@@ -40,6 +40,56 @@ def write_glue_dir(root, n=48):
   return sents, labels
 
 
+PAIR_HEADERS = {  # as the GLUE download lays the pair tasks out
+    'MRPC': ['Quality', '#1 ID', '#2 ID', '#1 String', '#2 String'],
+    'RTE': ['index', 'sentence1', 'sentence2', 'label'],
+    'WNLI': ['index', 'sentence1', 'sentence2', 'label'],
+    'STS-B': ['index', 'genre', 'filename', 'year', 'old_index', 'source1', 'source2',
+              'sentence1', 'sentence2', 'score'],
+}
+
+
+def write_pair_glue_dir(root, n=48, test_rows=10):
+  """Small MRPC, RTE, WNLI and STS-B directories (train, dev, test) of made-up pairs, written
+  as the real files come: MRPC with a UTF-8 byte-order mark, RTE with CRLF line ends, quote
+  characters inside sentences. The label says whether the pair's sentences share their
+  first word (STS-B: a score 0-5 from the words they share). Returns {dir: (pairs, labels)}."""
+  rng = np.random.default_rng(1)
+  words = ['the', 'cat', 'dog', 'sees', 'a', 'ball', 'runs', 'big', 'red', 'house', '"']
+  sent = lambda: ' '.join(rng.choice(words, size=rng.integers(2, 9)))
+  pairs = [(sent(), sent()) for _ in range(n)]
+  same = [int(a.split()[0] == b.split()[0]) for a, b in pairs]
+  overlap = lambda a, b: len(a & b) / len(a | b)
+  scores = [round(5.0 * overlap(set(a.split()), set(b.split())), 3) for a, b in pairs]
+  out = {}
+  for name, header in PAIR_HEADERS.items():
+    d = root / name
+    d.mkdir(parents=True, exist_ok=True)
+    labels = {'MRPC': same, 'WNLI': same, 'STS-B': scores,
+              'RTE': [('not_entailment', 'entailment')[l] for l in same]}[name]
+    def row(i, a, b, label):
+      cells = {'Quality': label, '#1 ID': 100 + i, '#2 ID': 200 + i, '#1 String': a,
+               '#2 String': b, 'index': i, 'sentence1': a, 'sentence2': b, 'label': label,
+               'score': label, 'genre': 'main-captions', 'filename': 'MSRvid',
+               'year': '2012test', 'old_index': f'{i:04d}', 'source1': 'none',
+               'source2': 'none'}
+      return '\t'.join(str(cells[h]) for h in header)
+    end = '\r\n' if name == 'RTE' else '\n'
+    bom = '\ufeff' if name == 'MRPC' else ''
+    for split in ('train', 'dev'):
+      lines = [bom + '\t'.join(header)] + [row(i, a, b, l)
+                                           for i, ((a, b), l) in enumerate(zip(pairs, labels))]
+      (d / f'{split}.tsv').write_text(end.join(lines) + end, encoding='utf-8', newline='')
+    keep = [j for j, h in enumerate(header) if h not in ('Quality', 'label', 'score')]
+    test_header = ([] if 'index' in header else ['index']) + [header[j] for j in keep]
+    lines = ['\t'.join(test_header)] + [
+        '\t'.join(([] if 'index' in header else [str(i)]) +
+                  [row(i, a, b, 0).split('\t')[j] for j in keep])
+        for i, (a, b) in enumerate(pairs[:test_rows])]
+    (d / 'test.tsv').write_text('\n'.join(lines) + '\n', encoding='utf-8')
+    out[name] = (pairs, labels)
+  return out
+
 
 @pytest.fixture
 def glue_files(tmp_path):

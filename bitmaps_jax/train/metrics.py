@@ -52,9 +52,54 @@ def _mcc_from_counts(tp, tn, fp, fn):
   return np.where(denom == 0, 0.0, (tp * tn - fp * fn) / np.where(denom == 0, 1.0, denom))
 
 
+def f1_score(labels, preds) -> float:
+  """F1 of label 1 (GLUE's for MRPC); 0 when there is no true or predicted 1."""
+  labels, preds = np.asarray(labels).astype(bool), np.asarray(preds).astype(bool)
+  return float(_f1_from_counts(np.sum(labels & preds), np.sum(~labels & preds),
+                               np.sum(labels & ~preds)))
+
+
+def _f1_from_counts(tp, fp, fn):
+  tp, fp, fn = (np.asarray(x, np.float64) for x in (tp, fp, fn))
+  denom = 2 * tp + fp + fn
+  return np.where(denom == 0, 0.0, 2 * tp / np.where(denom == 0, 1.0, denom))
+
+
+def pearson(x, y, axis=-1):
+  """Pearson correlation along `axis` (rows of resamples at once); 0 for a constant row."""
+  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  x = x - x.mean(axis=axis, keepdims=True)
+  y = y - y.mean(axis=axis, keepdims=True)
+  denom = np.sqrt(np.sum(x * x, axis=axis) * np.sum(y * y, axis=axis))
+  return np.where(denom == 0, 0.0, np.sum(x * y, axis=axis) / np.where(denom == 0, 1.0, denom))
+
+
+def spearman(x, y, axis=-1):
+  """Spearman correlation: Pearson of the ranks (ties share their mean rank)."""
+  from scipy.stats import rankdata
+  return pearson(rankdata(x, axis=axis), rankdata(y, axis=axis), axis=axis)
+
+
+CORRELATIONS = {'pearson': pearson, 'spearman': spearman}
+
+
+def correlation_interval(predictions, targets, metric: str, level: float = 0.95,
+                         num_resamples: int = 2000, seed: int = 0) -> tuple:
+  """The central `level` range of a correlation ('pearson' or 'spearman') over resamples of
+  the (prediction, target) pairs drawn with replacement: bootstrap_interval's range for
+  regression, where no confusion matrix sums up the examples."""
+  x, y = np.asarray(predictions, np.float64), np.asarray(targets, np.float64)
+  if not len(x):
+    raise ValueError('correlation_interval: no examples')
+  rows = np.random.default_rng(seed).integers(0, len(x), size=(num_resamples, len(x)))
+  values = CORRELATIONS[metric](x[rows], y[rows], axis=1)
+  lo, hi = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
+  return float(lo), float(hi)
+
+
 def bootstrap_interval(confusion, metric: str, level: float = 0.95,
                        num_resamples: int = 2000, seed: int = 0) -> tuple:
-  """The central `level` range of `metric` ('accuracy', or 'mcc' for two labels) over
+  """The central `level` range of `metric` ('accuracy', or 'mcc' or 'f1' for two labels) over
   resamples of the evaluation set's examples, drawn with replacement.
 
   It says how far the figure could move on another set of the same size from the same
@@ -72,6 +117,8 @@ def bootstrap_interval(confusion, metric: str, level: float = 0.95,
     values = np.trace(draws, axis1=1, axis2=2) / n
   elif metric == 'mcc' and m.shape == (2, 2):
     values = _mcc_from_counts(draws[:, 1, 1], draws[:, 0, 0], draws[:, 0, 1], draws[:, 1, 0])
+  elif metric == 'f1' and m.shape == (2, 2):
+    values = _f1_from_counts(draws[:, 1, 1], draws[:, 0, 1], draws[:, 1, 0])
   else:
     raise ValueError(f'bootstrap_interval: no interval for {metric!r} on a {m.shape} confusion')
   lo, hi = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])

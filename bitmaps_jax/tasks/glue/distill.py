@@ -1,7 +1,8 @@
 """Knowledge distillation from a full-precision teacher to a binary student.
 
 Per example: task cross-entropy + KL(teacher || student) on temperature-scaled logits
-(times T^2, so gradients keep their scale) + the mean squared difference of every layer's
+(times T^2, so gradients keep their scale; for a regression task, squared errors to the gold
+score and to the teacher's score instead) + the mean squared difference of every layer's
 hidden states (embeddings output included) over the real tokens + optionally the KL between
 the teacher's and the student's attention distributions (every layer, head and real query),
 which is where binary query and key weights do the most damage.
@@ -17,6 +18,12 @@ from flax import traverse_util
 def cross_entropy(logits, labels):
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   return -jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]
+
+
+def squared_error(outputs, targets):
+  """Per-example (output - target)^2 of a one-output (regression) head: the task loss
+  against gold scores, and the distillation loss against a regression teacher's output."""
+  return jnp.square(outputs[:, 0].astype(jnp.float32) - targets.astype(jnp.float32))
 
 
 def kl_divergence(student_logits, teacher_logits, temperature: float):

@@ -28,11 +28,12 @@ def make_logits_step(model, mesh):
 
 
 def predict_logits(logits_step, params, token_ids, labels, global_batch_size, max_seq_length,
-                   mesh):
+                   mesh, token_types=None):
   """Logits (num_examples, num_labels) in the examples' order, from all devices and hosts."""
   out = None
   for batch, rows in glue_data.eval_batches(token_ids, labels, global_batch_size, max_seq_length,
-                                            jax.process_index(), jax.process_count()):
+                                            jax.process_index(), jax.process_count(),
+                                            token_types):
     logits = logits_step(params, parallel.global_batch(mesh, batch))
     logits = (np.asarray(logits) if jax.process_count() == 1
               else multihost_utils.process_allgather(logits, tiled=True))
@@ -43,41 +44,79 @@ def predict_logits(logits_step, params, token_ids, labels, global_batch_size, ma
 
 
 def classification_metrics(task: glue_data.GlueTask, logits, labels) -> dict:
-  """accuracy, MCC (CoLA), loss, and the predicted-label distribution."""
+  """The task's metrics (accuracy; MCC for CoLA, F1 for MRPC), loss, and the predicted-label
+  distribution."""
   preds = np.argmax(logits, axis=-1)
   out = {'accuracy': float(np.mean(preds == labels)),
          'loss': float(np.mean(cross_entropy(logits, labels)))}
-  if task.primary_metric == 'mcc':
+  if 'mcc' in task.metrics:
     out['mcc'] = metrics.matthews_corrcoef(labels, preds)
+  if 'f1' in task.metrics:
+    out['f1'] = metrics.f1_score(labels, preds)
   for k in range(task.num_labels):
     out[f'pred_frac_{k}'] = float(np.mean(preds == k))
   return out
 
 
+def regression_metrics(task: glue_data.GlueTask, logits, labels) -> dict:
+  """Pearson and Spearman correlations of the one output with the gold scores, and the mean
+  squared error (the loss)."""
+  scores = np.asarray(logits)[:, 0]
+  return {'pearson': float(metrics.pearson(scores, labels)),
+          'spearman': float(metrics.spearman(scores, labels)),
+          'loss': float(np.mean(np.square(scores - labels)))}
+
+
+def task_metrics(task: glue_data.GlueTask, logits, labels) -> dict:
+  return (regression_metrics if task.is_regression else classification_metrics)(
+      task, logits, labels)
+
+
 def report(task: glue_data.GlueTask, split: str, logits, labels) -> dict:
-  """Metrics, their 95% bootstrap ranges over the examples, the predicted-label counts and the
-  confusion matrix (rows: true label)."""
+  """Every metric of the task with its 95% bootstrap range over the examples; for a
+  classifier also the predicted-label counts and the confusion matrix (rows: true label),
+  for regression the spread of the predicted scores."""
+  out = {'task': task.name, 'split': split, 'num_examples': int(len(logits))}
+  labelled = bool((labels >= 0).all())
+  if task.is_regression:
+    scores = np.asarray(logits)[:, 0]
+    out['predicted_score_mean'] = float(scores.mean())
+    out['predicted_score_range'] = [float(scores.min()), float(scores.max())]
+    if labelled:
+      out.update(regression_metrics(task, logits, labels))
+      for key in task.metrics:
+        out[f'{key}_interval95'] = list(metrics.correlation_interval(scores, labels, key))
+    return out
   preds = np.argmax(logits, axis=-1)
-  out = {'task': task.name, 'split': split, 'num_examples': int(len(preds)),
-         'predicted_label_counts': np.bincount(preds, minlength=task.num_labels).tolist()}
-  if (labels >= 0).all():
+  out['predicted_label_counts'] = np.bincount(preds, minlength=task.num_labels).tolist()
+  if labelled:
     out.update(classification_metrics(task, logits, labels))
     confusion = metrics.confusion_matrix(labels, preds, task.num_labels)
     out['confusion_matrix'] = confusion.tolist()
     # How much of the figure is the draw of the examples: a 95% bootstrap range over them.
-    for key in ('mcc', 'accuracy'):
-      if key in out:
-        out[f'{key}_interval95'] = list(metrics.bootstrap_interval(confusion, key))
+    for key in task.metrics:
+      out[f'{key}_interval95'] = list(metrics.bootstrap_interval(confusion, key))
   return out
+
+
+def submission_rows(task: glue_data.GlueTask, idx, logits) -> list:
+  """(index, prediction) in index order, predictions as GLUE reads them: the label as the
+  task's files spell it, or the score clipped to the task's range."""
+  if task.is_regression:
+    lo, hi = task.score_range
+    preds = [f'{v:.3f}' for v in np.clip(np.asarray(logits)[:, 0], lo, hi).tolist()]
+  else:
+    preds = [task.labels[k] for k in np.argmax(logits, -1).tolist()]
+  return sorted(zip(idx.tolist(), preds))
 
 
 def write_submission(task: glue_data.GlueTask, out_dir: str, idx, logits) -> str:
   """GLUE-submission file: `index<TAB>prediction` rows under a header."""
   path = files.join(out_dir, task.submission_file)
   text = io.StringIO()
-  w = csv.writer(text, delimiter='\t', lineterminator='\n')
+  w = csv.writer(text, delimiter='\t', lineterminator='\n', quoting=csv.QUOTE_NONE)
   w.writerow(['index', 'prediction'])
-  for i, p in sorted(zip(idx.tolist(), np.argmax(logits, -1).tolist())):
+  for i, p in submission_rows(task, idx, logits):
     w.writerow([i, p])
   files.write_text(path, text.getvalue())
   return path
@@ -93,7 +132,7 @@ def evaluate_run(run_dir: str, config, split: str, packed_file: str = '', step=N
   tokenizer = tokenizers.load_tokenizer(run.vocab_file)
   examples = glue_data.load_split(task, split, config.data_dir, config.tfds_data_dir,
                                   config.get('holdout_examples', 0))
-  token_ids = glue_data.tokenize(examples, tokenizer, config.max_seq_length)
+  token_ids, token_types = glue_data.encode(examples, tokenizer, config.max_seq_length)
   mesh = parallel.data_mesh()
   if packed_file:
     from bitmaps_jax.model import packed
@@ -103,7 +142,7 @@ def evaluate_run(run_dir: str, config, split: str, packed_file: str = '', step=N
         'input_ids', 'attention_mask', 'token_type_ids')))
     logits = predict_logits(run_packed, None, token_ids,
                             examples.labels, parallel.global_batch_size(config),
-                            config.max_seq_length, mesh)
+                            config.max_seq_length, mesh, token_types)
     step = None
   else:
     model_cfg = run.model_config()
@@ -111,7 +150,7 @@ def evaluate_run(run_dir: str, config, split: str, packed_file: str = '', step=N
     params = parallel.replicate(mesh, params)
     logits = predict_logits(make_logits_step(bert.build_model(model_cfg), mesh), params,
                             token_ids, examples.labels, parallel.global_batch_size(config),
-                            config.max_seq_length, mesh)
+                            config.max_seq_length, mesh, token_types)
   out = report(task, split, logits, examples.labels)
   out['checkpoint_step'] = None if step is None else int(step)
   if packed_file:

@@ -31,6 +31,7 @@ class GlueData:
   train_ids: list
   valid: glue_data.Examples
   valid_ids: list
+  valid_types: list  # token types per validation example (1: a pair's second sentence)
   batches: glue_data.TrainBatches
 
 
@@ -44,9 +45,8 @@ class Teacher:
 def _subset(examples: glue_data.Examples, n: int, seed: int) -> glue_data.Examples:
   if not n or n >= len(examples.sentences):
     return examples
-  keep = np.sort(np.random.default_rng(seed).permutation(len(examples.sentences))[:n])
-  return glue_data.Examples([examples.sentences[i] for i in keep], examples.labels[keep],
-                            examples.idx[keep])
+  return examples.take(np.sort(np.random.default_rng(seed).permutation(
+      len(examples.sentences))[:n]))
 
 
 def _with_perturbed_copies(train: glue_data.Examples, config, tokenizer=None,
@@ -56,6 +56,9 @@ def _with_perturbed_copies(train: glue_data.Examples, config, tokenizer=None,
   aug = config.get('augment')
   if not aug or not aug.copies:
     return train, None
+  if train.sentences2 is not None:
+    raise UserError('config.augment.copies: perturbed copies are made for single-sentence '
+                    'tasks only')
   if not config.teacher_checkpoint:
     raise UserError('config.augment.copies needs a teacher_checkpoint: perturbed copies have '
                     'no gold label and are learned from the teacher only')
@@ -74,7 +77,7 @@ def _with_perturbed_copies(train: glue_data.Examples, config, tokenizer=None,
                                      aug.replace_prob, config.seed)
   n = len(train.sentences)
   train = glue_data.Examples(train.sentences + extra,
-                             np.concatenate([train.labels, np.zeros(len(extra), np.int32)]),
+                             np.concatenate([train.labels, np.zeros(len(extra), train.labels.dtype)]),
                              np.concatenate([train.idx, np.full(len(extra), -1, np.int32)]))
   return train, np.arange(len(train.sentences)) < n
 
@@ -88,13 +91,14 @@ def load_data(config, tokenizer, teacher: Optional[Teacher] = None) -> GlueData:
   valid = glue_data.load_split(task, config.eval_split, config.data_dir, config.tfds_data_dir,
                                holdout)
   train, labeled = _with_perturbed_copies(train, config, tokenizer, teacher)
-  train_ids = glue_data.tokenize(train, tokenizer, config.max_seq_length)
-  valid_ids = glue_data.tokenize(valid, tokenizer, config.max_seq_length)
+  train_ids, train_types = glue_data.encode(train, tokenizer, config.max_seq_length)
+  valid_ids, valid_types = glue_data.encode(valid, tokenizer, config.max_seq_length)
   batches = glue_data.TrainBatches(
       train_ids, train.labels, parallel.global_batch_size(config), config.max_seq_length,
       config.seed, bucketing=config.length_bucketing, pool=config.bucket_pool,
-      process_index=jax.process_index(), process_count=jax.process_count(), labeled=labeled)
-  return GlueData(task, train, labeled, train_ids, valid, valid_ids, batches)
+      process_index=jax.process_index(), process_count=jax.process_count(), labeled=labeled,
+      token_types=train_types)
+  return GlueData(task, train, labeled, train_ids, valid, valid_ids, valid_types, batches)
 
 
 def derive_schedule(config, steps_per_epoch: int):
@@ -123,16 +127,18 @@ def load_teacher(config, student: BertConfig) -> Optional[Teacher]:
   cfg, params = initial_model.read_checkpoint(path, 'teacher_checkpoint', float_only=True)
   if cfg.architecture != 'BertForSequenceClassification':
     raise UserError(f'{path}: teacher must be a sequence classifier, found {cfg.architecture}')
-  for field in ('num_hidden_layers', 'hidden_size', 'vocab_size'):
+  for field in ('num_hidden_layers', 'hidden_size', 'vocab_size', 'num_labels'):
     if getattr(cfg, field) != getattr(student, field):
       raise UserError(f'{path}: teacher has {field} {getattr(cfg, field)}, '
                       f'the student {getattr(student, field)}')
   return Teacher(cfg.replace(dtype='float32'), params, path)
 
 
-def make_batch_metrics(model, teacher_model, distill_cfg, labeled):
-  """Summed metrics of a batch and the loss to minimise: the task cross-entropy on gold
-  labels, plus (with a teacher) KL on logits, hidden-state MSE and optionally attention KL."""
+def make_batch_metrics(model, teacher_model, distill_cfg, labeled, regression=False):
+  """Summed metrics of a batch and the loss to minimise: the task loss on gold labels
+  (cross-entropy, or for regression the squared error of the one output), plus (with a
+  teacher) the logits' loss to the teacher's (KL, or the squared difference of the outputs
+  for regression), hidden-state MSE and optionally attention KL."""
   d = distill_cfg
   attention_kd = teacher_model is not None and d.get('attention_weight', 0.0) > 0
   collect = ['intermediates'] if attention_kd else []
@@ -144,9 +150,13 @@ def make_batch_metrics(model, teacher_model, distill_cfg, labeled):
                                        rngs={'dropout': rng} if train else {}, mutable=collect)
     # w: rows that count; lw: rows with a gold label (perturbed copies have none).
     w, lw = batch['weights'], batch['label_weights']
-    ce = distill.cross_entropy(logits, batch['labels'])
-    result = {'accuracy': jnp.sum((jnp.argmax(logits, -1) == batch['labels']) * lw),
-              'ce': jnp.sum(ce * lw), 'count': jnp.sum(w)}
+    if regression:
+      ce = distill.squared_error(logits, batch['labels'])
+      result = {'mse': jnp.sum(ce * lw), 'count': jnp.sum(w)}
+    else:
+      ce = distill.cross_entropy(logits, batch['labels'])
+      result = {'accuracy': jnp.sum((jnp.argmax(logits, -1) == batch['labels']) * lw),
+                'ce': jnp.sum(ce * lw), 'count': jnp.sum(w)}
     if labeled is not None:  # accuracy and ce / labeled: their means over gold-labelled rows
       result['labeled'] = jnp.sum(lw)
     loss = ce * lw * (d.ce_weight if teacher_model is not None else 1.0)
@@ -156,7 +166,8 @@ def make_batch_metrics(model, teacher_model, distill_cfg, labeled):
           output_hidden_states=True, mutable=collect)
       t_logits, t_states, t_inter = jax.lax.stop_gradient(
           (t_logits, t_out.hidden_states, t_inter))
-      kd = distill.kl_divergence(logits, t_logits, d.temperature)
+      kd = (distill.squared_error(logits, t_logits[:, 0]) if regression
+            else distill.kl_divergence(logits, t_logits, d.temperature))
       hid = distill.hidden_mse(out.hidden_states, t_states, mask)
       loss = loss + d.kd_weight * kd + d.hidden_weight * hid
       result.update(kd=jnp.sum(kd * w), hidden_mse=jnp.sum(hid * w))
@@ -204,12 +215,13 @@ def build(config, workdir: str):
 
   def eval_fn(params):
     logits = evaluate.predict_logits(logits_step, params, data.valid_ids, data.valid.labels,
-                                     global_batch, config.max_seq_length, mesh)
-    return evaluate.classification_metrics(data.task, logits, data.valid.labels)
+                                     global_batch, config.max_seq_length, mesh,
+                                     data.valid_types)
+    return evaluate.task_metrics(data.task, logits, data.valid.labels)
 
   task = loop.Task(model_config=model_cfg, params=params,
                    batch_metrics=make_batch_metrics(model, teacher_model, config.distill,
-                                                    data.labeled),
+                                                    data.labeled, data.task.is_regression),
                    train_batch=data.batches.batch, eval_batches=lambda: [],
                    items_per_step=global_batch, unit='ex', eval_fn=eval_fn,
                    teacher_params=teacher.params if teacher else None)
