@@ -3,7 +3,7 @@
 import pytest
 
 from configs import glue
-from configs.recipes import cola
+from configs.recipes import cola, pairs
 
 STAGE1 = {'distill.ce_weight': 0.0, 'distill.kd_weight': 0.0, 'distill.hidden_weight': 1.0,
           'distill.attention_weight': 1.0}
@@ -40,3 +40,58 @@ def test_cola_stages_are_the_measured_settings(stage):
 def test_unknown_stage():
   with pytest.raises(ValueError, match='unknown stage'):
     cola.get_config('stage3')
+
+
+PAIR_STAGE2 = {**STAGE2, 'binarize.granularity': 'per_channel', 'learning_rate': 2e-4,
+               'num_epochs': 4.0, 'keep_checkpoints': 4}
+
+
+@pytest.mark.parametrize('task', pairs.TASKS)
+def test_pair_recipe_stages(task):
+  base = glue.get_config(task)
+  teacher = pairs.get_config(f'{task},teacher')
+  assert not teacher.binarize.layers and teacher.learning_rate == 5e-5
+  assert teacher.num_epochs == 4.0 and teacher.task_name == task
+  assert teacher.max_seq_length == base.max_seq_length == 128
+  stage1 = pairs.get_config(f'{task},stage1')
+  assert stage1.binarize.layers and stage1.binarize.granularity == 'per_channel'
+  assert (stage1.distill.ce_weight, stage1.distill.kd_weight, stage1.distill.hidden_weight,
+          stage1.distill.attention_weight) == (0.0, 0.0, 1.0, 1.0)
+  assert stage1.learning_rate == 5e-4 and stage1.augment.copies == 0
+  stage2 = pairs.get_config(f'{task},stage2')
+  for field, value in PAIR_STAGE2.items():
+    node = stage2
+    *parents, leaf = field.split('.')
+    for p in parents:
+      node = node[p]
+    assert node[leaf] == value, field
+  # Four checkpoints half an epoch apart: the last two epochs of 32-example batches.
+  train_rows = {'mrpc': 3667, 'rte': 2490, 'stsb': 5749, 'wnli': 635}[task]
+  assert stage2.checkpoint_every_steps == train_rows // 32 // 2
+
+
+def test_unknown_pair_recipe_argument():
+  for arg in ('rte', 'cola,teacher', 'rte,last'):
+    with pytest.raises(ValueError, match='unknown argument'):
+      pairs.get_config(arg)
+
+
+def test_torch_anchor_runs_on_a_small_pair_task(tmp_path, minilm_dir):
+  import json
+  import os
+  import subprocess
+  import sys
+  from conftest import write_pair_glue_dir
+  write_pair_glue_dir(tmp_path)
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run([sys.executable, 'scripts/torch_anchor.py', 'stsb', str(tmp_path),
+                        f'--init={minilm_dir}', '--epochs=1', '--threads=1'], cwd=repo,
+                       capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr
+  result = json.loads(out.stdout.strip().splitlines()[-1])
+  assert result['epochs'] == 1.0 and result['learning_rate'] == 5e-5
+  assert result['num_examples'] == 48 and 'pearson_interval95' in result
+  out = subprocess.run([sys.executable, 'scripts/torch_anchor.py', 'rte', str(tmp_path / 'no')],
+                       cwd=repo, capture_output=True, text=True)
+  assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+      f'error: {tmp_path / "no"}/RTE/train.tsv: train split file not found']

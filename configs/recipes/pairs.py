@@ -1,0 +1,75 @@
+"""Teacher and binary-layers student for the GLUE pair tasks (MRPC, RTE, STS-B, WNLI), one
+config per task and stage; `scripts/pair_recipe.sh` runs them in order and averages.
+
+    python train.py --config configs/recipes/pairs.py:TASK,STAGE --workdir OUT/NAME \
+        --config.data_dir=GLUE_DIR [--config.teacher_checkpoint=OUT/teacher] \
+        [--config.init_checkpoint=START] [--config.seed=S]
+
+TASK: mrpc, rte, stsb, wnli. STAGE:
+  teacher  full precision from an HF checkpoint (init_checkpoint), lr 5e-5, 4 epochs
+  stage1   per-channel binary layers from the teacher, hidden-state MSE + attention KL only,
+           4 epochs, lr 5e-4
+  stage2   gold-label loss + logits loss to the teacher only (KL; squared error for STS-B),
+           4 epochs, lr 2e-4, a checkpoint every half epoch, the last four kept for the
+           weight average (init_checkpoint=OUT/stage1)
+This is the CoLA recipe (configs/recipes/cola.py) without its perturbed copies, which are
+made for single sentences only; the passes over the data are doubled instead. Sequences stay
+128 tokens: pairs are longer than CoLA's sentences.
+"""
+
+from configs import glue
+
+TASKS = ('mrpc', 'rte', 'stsb', 'wnli')
+STAGES = ('teacher', 'stage1', 'stage2')
+# Half an epoch of 32-example batches on each task's training file (3,667, 2,490, 5,749 and
+# 635 examples).
+HALF_EPOCH_STEPS = {'mrpc': 57, 'rte': 38, 'stsb': 89, 'wnli': 9}
+
+
+def _model(config, stage):
+  """The model the stage trains (tasks/glue/task.py, model/bert.py)."""
+  if stage == 'teacher':
+    config.binarize.layers = False
+  else:
+    config.binarize.granularity = 'per_channel'
+
+
+def _distill(config, stage):
+  """The loss weights (tasks/glue/distill.py): stage 1 matches the teacher's intermediate
+  layers only, stage 2 its outputs and the gold labels only."""
+  if stage == 'teacher':
+    return
+  first = stage == 'stage1'
+  config.distill.update(ce_weight=0.0 if first else 1.0, kd_weight=0.0 if first else 1.0,
+                        hidden_weight=1.0 if first else 0.0,
+                        attention_weight=1.0 if first else 0.0)
+
+
+def _optim(config, stage):
+  """The peak learning rate (train/optim.py)."""
+  config.learning_rate = {'teacher': 5e-5, 'stage1': 5e-4, 'stage2': 2e-4}[stage]
+
+
+def _schedule(config, stage):
+  """Passes over the training pairs (the steps are derived from them)."""
+  config.num_epochs = 4.0
+
+
+def _loop(config, task, stage):
+  """Checkpoints (train/loop.py): stage 2 keeps its last four for the average."""
+  if stage == 'stage2':
+    config.checkpoint_every_steps = HALF_EPOCH_STEPS[task]
+    config.keep_checkpoints = 4
+
+
+def get_config(arg: str = 'rte,teacher'):
+  parts = (arg or '').split(',')
+  if len(parts) != 2 or parts[0] not in TASKS or parts[1] not in STAGES:
+    raise ValueError(f'configs/recipes/pairs.py: unknown argument {arg!r}; expected TASK,STAGE '
+                     f'with TASK one of {", ".join(TASKS)} and STAGE one of {", ".join(STAGES)}')
+  task, stage = parts
+  config = glue.get_config(task)
+  for group in (_model, _distill, _optim, _schedule):
+    group(config, stage)
+  _loop(config, task, stage)
+  return config
