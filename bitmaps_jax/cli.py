@@ -9,10 +9,14 @@ mistakes (a misspelt field, a wrong path), which these wrappers turn into `error
 import contextlib
 import sys
 
-from absl import flags
+import jax
+from absl import flags, logging
 from ml_collections import config_flags
 
-from bitmaps_jax.errors import exit_with_error
+from bitmaps_jax import tasks
+from bitmaps_jax.errors import UserError, exit_with_error
+from bitmaps_jax.train import loop
+from bitmaps_jax.train.rundir import RunDir
 
 
 def _first_line(e: Exception) -> str:
@@ -62,7 +66,6 @@ def quiet_library_logs():
   complete took N seconds' at every save of a short interval, 'Given directory is read only'
   at every read, are nothing to act on and break the progress line. absl's own
   --verbosity=-1 (warnings) or 0 (info) shows them again."""
-  from absl import logging
   verbosity = flags.FLAGS['verbosity'] if 'verbosity' in flags.FLAGS else None
   if verbosity is None or not verbosity.present:
     logging.set_verbosity(logging.ERROR)
@@ -71,15 +74,10 @@ def quiet_library_logs():
 def train(config, workdir: str) -> dict:
   """What train.py runs: the config's task. A user's mistake ends in one line, exit 2; SIGTERM
   or SIGINT ends it after a checkpoint, with one line, exit 0."""
-  import jax
-  from bitmaps_jax import tasks
-  from bitmaps_jax.errors import UserError
-  from bitmaps_jax.train import loop
-  from bitmaps_jax.train.rundir import RunDir
   quiet_library_logs()
   try:
     # One run per workdir; on several hosts, process 0 holds the lock for all of them.
-    with RunDir(workdir).lock('train') if jax.process_index() == 0 else _nothing():
+    with RunDir(workdir).lock('train') if jax.process_index() == 0 else contextlib.nullcontext():
       result = tasks.run(config, workdir)
   except UserError as e:
     exit_with_error(e)
@@ -92,11 +90,6 @@ def train(config, workdir: str) -> dict:
   return result
 
 
-@contextlib.contextmanager
-def _nothing():
-  yield
-
-
 def define_once(define, name: str, *args, **kwargs):
   """Defines an absl flag that several commands share (absl refuses a second definition when
   their modules are imported together)."""
@@ -107,7 +100,6 @@ def define_once(define, name: str, *args, **kwargs):
 def run_command(main, argv, prog: str):
   """Parses absl flags from `argv` (without the program name) and calls main(positional args).
   Used by the `python -m bitmaps_jax` commands; a bad flag is one line, exit 2."""
-  from bitmaps_jax.errors import UserError
   flags.FLAGS.unparse_flags()
   try:
     positional = flags.FLAGS([prog] + list(argv))[1:]

@@ -14,9 +14,10 @@ empty: TFDS glue/<task>.
 
 import ml_collections
 
+from bitmaps_jax.tasks.glue import data as glue_data
 from configs import base
 
-TASKS = ('cola', 'sst2', 'mrpc', 'rte', 'stsb', 'wnli')
+TASKS = tuple(glue_data.TASKS)  # the task table's names
 
 
 def get_config(arg: str = 'cola'):

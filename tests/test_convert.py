@@ -10,7 +10,7 @@ import pytest
 
 from bitmaps_jax import BinarizeConfig
 from bitmaps_jax.errors import UserError
-from bitmaps_jax.model import bert as models
+from bitmaps_jax.model import bert
 from bitmaps_jax.model import hf as convert
 
 
@@ -37,7 +37,7 @@ def test_minilm_matches_pytorch(minilm_dir):
   config, params = convert.load_hf_bert(minilm_dir)
   assert config.architecture == 'BertModel' and config.hidden_size == 384
   ids, mask, types = _padded_batch(config.vocab_size)
-  ours = models.BertModel(config).apply({'params': params}, jnp.asarray(ids),
+  ours = bert.BertModel(config).apply({'params': params}, jnp.asarray(ids),
                                         attention_mask=jnp.asarray(mask),
                                         token_type_ids=jnp.asarray(types), deterministic=True)
   ref = transformers.BertModel.from_pretrained(minilm_dir).eval()
@@ -55,14 +55,14 @@ def test_minilm_matches_pytorch(minilm_dir):
 @pytest.mark.parametrize('embeddings', ['none', 'per_dim', 'rank1'])
 def test_hf_round_trip_binary(tmp_path, architecture, embeddings):
   torch, transformers = _torch()
-  config = models.model_config('tiny', architecture=architecture,
+  config = bert.model_config('tiny', architecture=architecture,
                                binarize=dict(layers=True, embeddings=embeddings))
-  params = models.init_params(config, jax.random.PRNGKey(1))
+  params = bert.init_params(config, jax.random.PRNGKey(1))
   convert.save_hf_bert(config, params, str(tmp_path))
   ids = np.random.default_rng(0).integers(1, config.vocab_size, size=(2, 10))
   mask = np.ones_like(ids)
   mask[1, 6:] = 0
-  ours = models.build_model(config).apply({'params': params}, jnp.asarray(ids),
+  ours = bert.build_model(config).apply({'params': params}, jnp.asarray(ids),
                                           attention_mask=jnp.asarray(mask))
   ref = getattr(transformers, architecture).from_pretrained(str(tmp_path)).eval()
   with torch.no_grad():
@@ -74,7 +74,7 @@ def test_hf_round_trip_binary(tmp_path, architecture, embeddings):
   # And back: loading the exported directory gives the same logits as the binarized model.
   config2, params2 = convert.load_hf_bert(str(tmp_path))
   assert config2.architecture == architecture
-  back = models.build_model(config2).apply({'params': params2}, jnp.asarray(ids),
+  back = bert.build_model(config2).apply({'params': params2}, jnp.asarray(ids),
                                            attention_mask=jnp.asarray(mask))
   np.testing.assert_allclose(np.asarray(back), np.asarray(ours), atol=1e-4)
 
@@ -87,7 +87,7 @@ def test_binarized_load_initialises_scales(minilm_dir):
   np.testing.assert_allclose(q['gamma'], q['kernel'].mean(), rtol=1e-4, atol=1e-7)
   emb = params['embeddings']['word_embeddings']
   assert emb['alpha'].shape == (config.hidden_size,)
-  out = models.BertModel(config).apply({'params': params}, jnp.ones((1, 5), jnp.int32))
+  out = bert.BertModel(config).apply({'params': params}, jnp.ones((1, 5), jnp.int32))
   assert np.isfinite(np.asarray(out.last_hidden_state)).all()
 
 
@@ -120,9 +120,9 @@ def test_bad_directories(tmp_path, minilm_dir):
 @pytest.mark.parametrize('architecture', ['BertForMaskedLM', 'BertForSequenceClassification'])
 def test_adapt_params_keeps_the_encoder_and_adds_the_head(minilm_dir, architecture):
   config, params = convert.load_hf_bert(minilm_dir)
-  new_cfg, new = models.adapt_params(config, params, architecture, jax.random.PRNGKey(0),
+  new_cfg, new = bert.adapt_params(config, params, architecture, jax.random.PRNGKey(0),
                                       num_labels=3)
-  expected = models.param_shapes(new_cfg)
+  expected = bert.param_shapes(new_cfg)
   assert jax.tree_util.tree_structure(new) == jax.tree_util.tree_structure(expected)
   np.testing.assert_array_equal(new['bert']['encoder']['layer_5']['output']['dense']['kernel'],
                                 params['encoder']['layer_5']['output']['dense']['kernel'])

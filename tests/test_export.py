@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from bitmaps_jax.model import bert as models
+from bitmaps_jax.model import bert
 from bitmaps_jax.model import binary_params
 from bitmaps_jax.model import packed as export
 from bitmaps_jax import kernels
@@ -18,11 +18,11 @@ DENSE = ['per_tensor', 'per_channel', 'statistics', 'rank1']
 
 def _model(variant, center=False, granularity='per_tensor', architecture='BertForMaskedLM',
            center_embeddings=False):
-  cfg = models.model_config('tiny', architecture=architecture,
+  cfg = bert.model_config('tiny', architecture=architecture,
                             binarize=dict(layers=True, embeddings=variant, center=center,
                                           granularity=granularity,
                                           center_embeddings=center_embeddings))
-  params = models.init_params(cfg, jax.random.PRNGKey(0))
+  params = bert.init_params(cfg, jax.random.PRNGKey(0))
   # Move away from the initial state so that the check is not about init-time values.
   params = jax.tree_util.tree_map(
       lambda p: p + 0.01 * jax.random.normal(jax.random.PRNGKey(1), p.shape), params)
@@ -31,7 +31,7 @@ def _model(variant, center=False, granularity='per_tensor', architecture='BertFo
 
 def _logits(cfg, params):
   ids = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 12)))
-  return np.asarray(models.build_model(cfg).apply({'params': params}, ids))
+  return np.asarray(bert.build_model(cfg).apply({'params': params}, ids))
 
 
 @pytest.mark.parametrize('variant', VARIANTS)

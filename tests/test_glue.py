@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from bitmaps_jax import cli
-from bitmaps_jax.model import bert as models
+from bitmaps_jax.model import bert
 from bitmaps_jax.tasks.glue import augment, distill
 from bitmaps_jax.tasks.glue import data as glue_data
 from bitmaps_jax.tasks.glue import task as finetuning
@@ -88,9 +88,9 @@ def test_length_bucketing_pads_to_short_buckets():
 
 
 def test_distillation_loss_is_zero_when_student_equals_teacher():
-  cfg = models.model_config('tiny', architecture='BertForSequenceClassification')
-  params = models.init_params(cfg, jax.random.PRNGKey(0))
-  model = models.build_model(cfg)
+  cfg = bert.model_config('tiny', architecture='BertForSequenceClassification')
+  params = bert.init_params(cfg, jax.random.PRNGKey(0))
+  model = bert.build_model(cfg)
   ids = np.random.default_rng(0).integers(5, cfg.vocab_size, (4, 12))
   mask = np.ones_like(ids)
   mask[1, 6:] = 0
@@ -105,7 +105,7 @@ def test_distillation_loss_is_zero_when_student_equals_teacher():
   att_kl = distill.attention_kl(att, att, mask)
   assert att_kl.shape == (4,)
   np.testing.assert_allclose(att_kl, 0.0, atol=1e-6)
-  other = models.init_params(cfg, jax.random.PRNGKey(1))
+  other = bert.init_params(cfg, jax.random.PRNGKey(1))
   logits2, out2 = model.apply({'params': other}, ids, mask, output_hidden_states=True)
   assert (distill.kl_divergence(logits2, logits, 2.0) > 0).all()
   assert (distill.hidden_mse(out2.hidden_states, out.hidden_states, mask) > 0).all()

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bitmaps_jax.model import bert as models
+from bitmaps_jax.model import bert
 from bitmaps_jax.model import binary_params
 
 VARIANT_EXTRA = {'none': lambda v, h: 0, 'scalar': lambda v, h: 2,
@@ -21,10 +21,10 @@ def _count(tree):
 
 @pytest.mark.parametrize('variant', list(VARIANT_EXTRA))
 def test_parameter_counts_per_variant(variant):
-  base = models.model_config('tiny', architecture='BertForMaskedLM')
-  float_params = models.param_shapes(base)
+  base = bert.model_config('tiny', architecture='BertForMaskedLM')
+  float_params = bert.param_shapes(base)
   cfg = base.replace(binarize=dict(layers=True, embeddings=variant))
-  params = models.param_shapes(cfg)
+  params = bert.param_shapes(cfg)
   v, h = cfg.vocab_size, cfg.hidden_size
   layer_scales = 2 * 6 * cfg.num_hidden_layers  # alpha and gamma for 6 dense layers per layer
   assert _count(params) - _count(float_params) == layer_scales + VARIANT_EXTRA[variant](v, h)
@@ -38,18 +38,18 @@ def test_parameter_counts_per_variant(variant):
 
 
 def test_per_channel_scales_have_output_shape():
-  cfg = models.model_config('tiny', binarize=dict(layers=True, granularity='per_channel'))
-  p = models.param_shapes(cfg)['encoder']['layer_0']['intermediate']['dense']
+  cfg = bert.model_config('tiny', binarize=dict(layers=True, granularity='per_channel'))
+  p = bert.param_shapes(cfg)['encoder']['layer_0']['intermediate']['dense']
   assert p['alpha'].shape == p['gamma'].shape == (cfg.intermediate_size,)
 
 
-@pytest.mark.parametrize('architecture', models.ARCHITECTURES)
+@pytest.mark.parametrize('architecture', bert.ARCHITECTURES)
 def test_output_shapes(architecture):
-  cfg = models.model_config('tiny', architecture=architecture, num_labels=3,
+  cfg = bert.model_config('tiny', architecture=architecture, num_labels=3,
                             binarize=dict(layers=True, embeddings='per_dim'))
-  params = models.init_params(cfg, jax.random.PRNGKey(0))
+  params = bert.init_params(cfg, jax.random.PRNGKey(0))
   ids = jnp.ones((2, 9), jnp.int32)
-  out = models.build_model(cfg).apply({'params': params}, ids)
+  out = bert.build_model(cfg).apply({'params': params}, ids)
   if architecture == 'BertModel':
     assert out.last_hidden_state.shape == (2, 9, cfg.hidden_size)
     assert out.pooled_output.shape == (2, cfg.hidden_size)
@@ -62,12 +62,12 @@ def test_output_shapes(architecture):
 
 
 def test_bf16_compute_close_to_float32():
-  cfg = models.model_config('tiny', architecture='BertForMaskedLM',
+  cfg = bert.model_config('tiny', architecture='BertForMaskedLM',
                             binarize=dict(layers=True, embeddings='per_dim'))
-  params = models.init_params(cfg, jax.random.PRNGKey(0))
+  params = bert.init_params(cfg, jax.random.PRNGKey(0))
   ids = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 16)))
-  f32 = models.build_model(cfg).apply({'params': params}, ids)
-  bf16_model = models.build_model(cfg.replace(dtype='bfloat16'))
+  f32 = bert.build_model(cfg).apply({'params': params}, ids)
+  bf16_model = bert.build_model(cfg.replace(dtype='bfloat16'))
   bf16 = bf16_model.apply({'params': params}, ids)
   assert bf16.dtype == jnp.bfloat16
   assert jax.tree_util.tree_leaves(params)[0].dtype == jnp.float32
@@ -81,12 +81,12 @@ def test_bf16_compute_close_to_float32():
 
 
 def test_model_size_names():
-  assert models.model_config('bert-large').hidden_size == 1024
-  assert models.model_config('minilm-l6-h384').num_hidden_layers == 6
+  assert bert.model_config('bert-large').hidden_size == 1024
+  assert bert.model_config('minilm-l6-h384').num_hidden_layers == 6
 
 
 def test_layout_lists_exactly_the_binary_weights():
-  cfg = models.model_config('tiny', architecture='BertForSequenceClassification',
+  cfg = bert.model_config('tiny', architecture='BertForSequenceClassification',
                             binarize=dict(layers=True, embeddings='rank1'))
   layout = binary_params.layout(cfg)
   kernels = [p for p in layout if p[-1] == 'kernel']
@@ -97,8 +97,8 @@ def test_layout_lists_exactly_the_binary_weights():
 
 
 def test_sign_flip_fraction_counts_changed_signs():
-  cfg = models.model_config('tiny', binarize=dict(layers=True))
-  params = models.init_params(cfg, jax.random.PRNGKey(0))
+  cfg = bert.model_config('tiny', binarize=dict(layers=True))
+  params = bert.init_params(cfg, jax.random.PRNGKey(0))
   assert float(binary_params.sign_flip_fraction(cfg, params, params)) == 0.0
   kernel = params['encoder']['layer_0']['attention']['self']['query']['kernel']
   moved = jax.tree_util.tree_map(lambda x: x, params)
@@ -116,12 +116,12 @@ def params_at(params, path):
 
 def test_ternary_model_dequantizes_to_the_float_model_it_computes():
   """A ternary run serves as a distillation teacher through its dequantized float form."""
-  cfg = models.model_config('tiny', architecture='BertForSequenceClassification',
+  cfg = bert.model_config('tiny', architecture='BertForSequenceClassification',
                             binarize=dict(layers=True, granularity='ternary'))
-  params = binary_params.add_scales(cfg, models.init_params(cfg, jax.random.PRNGKey(0)))
+  params = binary_params.add_scales(cfg, bert.init_params(cfg, jax.random.PRNGKey(0)))
   ids = jnp.array([[2, 5, 7, 9, 3, 0]])
   mask = (ids > 0).astype(jnp.int32)
-  run = lambda c, p: models.build_model(c).apply({'params': p}, ids, mask, jnp.zeros_like(ids),
+  run = lambda c, p: bert.build_model(c).apply({'params': p}, ids, mask, jnp.zeros_like(ids),
                                                   deterministic=True)[0]
   float_cfg, float_params = binary_params.dequantize(cfg, params)
   assert not float_cfg.binarize.any
@@ -132,10 +132,10 @@ def test_ternary_model_dequantizes_to_the_float_model_it_computes():
 
 
 def _binary_model(granularity='per_channel', embeddings='none', layers=True, seed=0):
-  cfg = models.model_config('tiny', architecture='BertForSequenceClassification',
+  cfg = bert.model_config('tiny', architecture='BertForSequenceClassification',
                             binarize=dict(layers=layers, granularity=granularity,
                                           embeddings=embeddings))
-  return cfg, binary_params.add_scales(cfg, models.init_params(cfg, jax.random.PRNGKey(seed)))
+  return cfg, binary_params.add_scales(cfg, bert.init_params(cfg, jax.random.PRNGKey(seed)))
 
 
 @pytest.mark.parametrize('source,target', [('per_channel', 'per_tensor'),

@@ -7,7 +7,7 @@ the form it takes in a packed file, and which of its parameters skip weight deca
 Hugging Face converter, the packed file, the optimizer and the memory table only ask a scheme;
 a new variant is one class here and its entry in a registry.
 
-Notation: B = sign(W - c) in {-1, +1} (sign(0) = +1), c = 0 unless the scheme centres. Dense
+Notation: B = sign(W - c) in {-1, +1} (sign(0) = +1), c = 0 unless the scheme centers. Dense
 kernels are (in, out); embedding tables are (vocab, hidden).
 """
 
@@ -39,13 +39,13 @@ class Scheme:
     """Initial scale parameters fitted to latent weights `w`."""
     return {}
 
-  def centre(self, w):
+  def sign_center(self, w):
     """The value subtracted from W before the sign."""
     return jnp.zeros((), w.dtype)
 
   def signs(self, w):
     """B = sign(W - c), with the straight-through gradient."""
-    return sign_ste(w - self.centre(w), self.clip)
+    return sign_ste(w - self.sign_center(w), self.clip)
 
   def sign_product(self, x, w):
     """x @ B: through a 1-bit kernel when `w` is already packed signs (a packed model),
@@ -59,7 +59,7 @@ class Scheme:
     raise NotImplementedError
 
   def packed(self, w, scales):
-    """(signs, scales) as a packed file stores them: signs already centred, so the loaded
+    """(signs, scales) as a packed file stores them: signs already centered, so the loaded
     model runs the `packed_config_changes` form of this scheme on them."""
     return self.signs(w), dict(scales)
 
@@ -108,7 +108,7 @@ class _AlphaGammaDense(DenseScheme):
   def _axes(self, ndim):
     return tuple(range(ndim)) if self.reduce_all else tuple(range(ndim - 1))
 
-  def centre(self, w):
+  def sign_center(self, w):
     if not self.center:
       return jnp.zeros((), w.dtype)
     return jnp.mean(w, axis=self._axes(w.ndim), keepdims=True)
@@ -116,7 +116,7 @@ class _AlphaGammaDense(DenseScheme):
   def init_scales(self, w):
     w = jnp.asarray(w, jnp.float32)
     axes = self._axes(w.ndim)
-    alpha = jnp.mean(jnp.abs(w - self.centre(w)), axis=axes)
+    alpha = jnp.mean(jnp.abs(w - self.sign_center(w)), axis=axes)
     return {'alpha': alpha, 'gamma': _gamma(w, axes, self.gamma_init)}
 
   def matmul(self, x, w, scales):
@@ -150,12 +150,12 @@ class Statistics(DenseScheme):
   packed_config_changes: ClassVar[Dict[str, object]] = {'center': False,
                                                         'granularity': 'per_channel'}
 
-  def centre(self, w):
+  def sign_center(self, w):
     return jnp.mean(w, axis=tuple(range(w.ndim - 1)), keepdims=True)
 
   def alpha(self, w):
     axes = tuple(range(w.ndim - 1))
-    return jnp.mean(jnp.abs(w - self.centre(w)), axis=axes)
+    return jnp.mean(jnp.abs(w - self.sign_center(w)), axis=axes)
 
   def matmul(self, x, w, scales):
     y = jnp.matmul(x, self.signs(w).astype(x.dtype))
@@ -233,7 +233,7 @@ class Ternary(DenseScheme):
 class EmbeddingScheme(Scheme):
   """A (vocab, hidden) table: `lookup` gathers rows, `decode` is the tied decoder h @ E_b^T,
   each one +-1 product between elementwise scalings. `center` (config
-  `binarize.center_embeddings`) centres the alpha/gamma variants over each scale's group."""
+  `binarize.center_embeddings`) centers the alpha/gamma variants over each scale's group."""
   packed_config_changes: ClassVar[Dict[str, object]] = {'center_embeddings': False}
 
   def lookup(self, table, ids, scales):
@@ -242,12 +242,12 @@ class EmbeddingScheme(Scheme):
   def decode(self, table, h, scales):
     raise NotImplementedError
 
-  def row_signs(self, table, ids, centre_of_rows=None):
+  def row_signs(self, table, ids, center_of_rows=None):
     """sign(E[ids] - c): read from the bits when `table` is packed (its signs hold E^T)."""
     if isinstance(table, kernels.PackedSigns):
       return kernels.row_signs(table, ids)
     rows = jnp.take(table, ids, axis=0)
-    c = centre_of_rows(rows) if centre_of_rows else jnp.zeros((), rows.dtype)
+    c = center_of_rows(rows) if center_of_rows else jnp.zeros((), rows.dtype)
     return sign_ste(rows - c, self.clip)
 
   def decode_product(self, h, table):
@@ -279,18 +279,18 @@ class _AlphaGammaEmbedding(EmbeddingScheme):
   scale_names: ClassVar[Tuple[str, ...]] = ('alpha', 'gamma')
   axes: ClassVar[Tuple[int, ...]] = (0, 1)
 
-  def centre(self, w):
+  def sign_center(self, w):
     if not self.center:
       return jnp.zeros((), w.dtype)
     return jnp.mean(w, axis=self.axes, keepdims=True)
 
-  def _centre_of_rows(self, table, rows):
-    """The centre broadcastable against looked-up rows (..., hidden)."""
-    return self.centre(table)
+  def _center_of_rows(self, table, rows):
+    """The center broadcastable against looked-up rows (..., hidden)."""
+    return self.sign_center(table)
 
   def init_scales(self, w):
     w = jnp.asarray(w, jnp.float32)
-    return {'alpha': jnp.mean(jnp.abs(w - self.centre(w)), axis=self.axes),
+    return {'alpha': jnp.mean(jnp.abs(w - self.sign_center(w)), axis=self.axes),
             'gamma': _gamma(w, self.axes, self.gamma_init)}
 
   def _row_scales(self, scales, ids=None):
@@ -298,7 +298,7 @@ class _AlphaGammaEmbedding(EmbeddingScheme):
     return scales['alpha'], scales['gamma']
 
   def lookup(self, table, ids, scales):
-    signs = self.row_signs(table, ids, lambda rows: self._centre_of_rows(table, rows))
+    signs = self.row_signs(table, ids, lambda rows: self._center_of_rows(table, rows))
     a, g = self._row_scales(scales, ids)
     return a * signs + g
 
@@ -335,7 +335,7 @@ class PerTokenEmbedding(_AlphaGammaEmbedding):
   name: ClassVar[str] = 'per_token'
   axes: ClassVar[Tuple[int, ...]] = (1,)
 
-  def _centre_of_rows(self, table, rows):
+  def _center_of_rows(self, table, rows):
     """Each row's own mean: only the looked-up rows are needed."""
     return jnp.mean(rows, axis=-1, keepdims=True) if self.center else jnp.zeros((), rows.dtype)
 
@@ -372,8 +372,6 @@ class Rank1Embedding(EmbeddingScheme):
 DENSE_SCHEMES = {s.name: s for s in (PerTensor, PerChannel, Statistics, Rank1Dense, Ternary)}
 EMBEDDING_SCHEMES = {s.name: s for s in (FloatEmbedding, ScalarEmbedding, PerDimEmbedding,
                                          PerTokenEmbedding, Rank1Embedding)}
-EMBEDDING_VARIANTS = tuple(EMBEDDING_SCHEMES)
-GRANULARITIES = tuple(DENSE_SCHEMES)
 
 
 # --------------------------------------------------------------------------- the config

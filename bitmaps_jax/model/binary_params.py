@@ -90,7 +90,7 @@ def dequantize(config: BertConfig, params):
 
 def packed_form(config: BertConfig, params):
   """(config, flat params, binary paths) as a packed file stores them: each binary weight as
-  its +-1 signs (already centred), scales as the loading scheme needs them."""
+  its +-1 signs (already centered), scales as the loading scheme needs them."""
   flat = traverse_util.flatten_dict(params)
   schemes = layout(config)
   changes = {}

@@ -20,7 +20,7 @@ from flax import traverse_util
 from bitmaps_jax.binary.schemes import BinarizeConfig
 from bitmaps_jax import files
 from bitmaps_jax.errors import UserError
-from bitmaps_jax.model import bert as models
+from bitmaps_jax.model import bert
 from bitmaps_jax.model import binary_params
 from bitmaps_jax.model.bert import BertConfig
 
@@ -57,7 +57,7 @@ def read_hf_config(path: str, **overrides) -> BertConfig:
   if missing:
     raise UserError(f'{file}: missing BERT fields {", ".join(missing)}')
   fields = {k: hf[k] for k in _HF_CONFIG_FIELDS if k in hf and hf[k] is not None}
-  archs = [a for a in hf.get('architectures') or [] if a in models.ARCHITECTURES]
+  archs = [a for a in hf.get('architectures') or [] if a in bert.ARCHITECTURES]
   if archs:
     fields['architecture'] = archs[0]
   if 'id2label' in hf:
@@ -155,7 +155,7 @@ def load_hf_bert(path: str, binarize_cfg: Optional[BinarizeConfig] = None,
                  architecture: Optional[str] = None, **overrides):
   """Reads a Hugging Face BERT directory into (config, params).
 
-  `params` is the parameter tree of `models.build_model(config)`. When `binarize_cfg` turns
+  `params` is the parameter tree of `bert.build_model(config)`. When `binarize_cfg` turns
   binarization on, alpha/gamma (or u/v) are initialised from the loaded weights.
   """
   if binarize_cfg is not None:
@@ -169,7 +169,7 @@ def load_hf_bert(path: str, binarize_cfg: Optional[BinarizeConfig] = None,
   config = config.replace(architecture=architecture or config.architecture)
   state = _strip_prefix(state, config.architecture)
   float_config = config.replace(binarize=BinarizeConfig())
-  expected = traverse_util.flatten_dict(models.param_shapes(float_config))
+  expected = traverse_util.flatten_dict(bert.param_shapes(float_config))
   flat = {}
   for name, value in state.items():
     if _IGNORED.search(name):
@@ -189,7 +189,7 @@ def load_hf_bert(path: str, binarize_cfg: Optional[BinarizeConfig] = None,
     if config.architecture != 'BertModel' and missing == ['bert.pooler.dense.weight',
                                                            'bert.pooler.dense.bias']:
       # MLM checkpoints often ship without a pooler; start it from random weights.
-      rand = traverse_util.flatten_dict(models.init_params(float_config, jax.random.PRNGKey(0)))
+      rand = traverse_util.flatten_dict(bert.init_params(float_config, jax.random.PRNGKey(0)))
       flat.update({k: rand[k] for k in expected if k not in flat})
     else:
       raise UserError(f'{file}: missing weights {", ".join(missing[:4])}'

@@ -1,17 +1,17 @@
 """The tasks train.py runs: MLM pretraining (`mlm`) and GLUE fine-tuning (`glue`)."""
 
-TASKS = ('mlm', 'glue')
+import importlib
+
+from bitmaps_jax.errors import UserError
+
+# config.task -> the module whose run(config, workdir) trains it (imported when used).
+RUNNERS = {'mlm': 'bitmaps_jax.tasks.mlm.task', 'glue': 'bitmaps_jax.tasks.glue.task'}
 
 
 def run(config, workdir: str) -> dict:
   """Trains the config's task into `workdir`; returns the final validation metrics.
   Raises `UserError` for mistakes the user can fix."""
-  from bitmaps_jax.errors import UserError
   task = config.get('task', 'mlm')
-  if task == 'mlm':
-    from bitmaps_jax.tasks.mlm import task as mlm_task
-    return mlm_task.run(config, workdir)
-  if task == 'glue':
-    from bitmaps_jax.tasks.glue import task as glue_task
-    return glue_task.run(config, workdir)
-  raise UserError(f'config.task: unknown task {task!r}; expected one of {", ".join(TASKS)}')
+  if task not in RUNNERS:
+    raise UserError(f'config.task: unknown task {task!r}; expected one of {", ".join(RUNNERS)}')
+  return importlib.import_module(RUNNERS[task]).run(config, workdir)

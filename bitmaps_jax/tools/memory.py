@@ -15,7 +15,7 @@ import jax
 
 from bitmaps_jax.binary.schemes import BinarizeConfig
 from bitmaps_jax.errors import UserError
-from bitmaps_jax.model import bert as models
+from bitmaps_jax.model import bert
 from bitmaps_jax.model import packed
 from bitmaps_jax import cli
 
@@ -32,14 +32,14 @@ def memory_table(size: str = 'bert-base'):
   """[(setting, bytes)] for the MLM model of `size`."""
   rows = []
   for name, cfg, float_dtype in SETTINGS:
-    config = models.model_config(size, architecture='BertForMaskedLM', binarize=cfg)
-    params = models.init_params(config, jax.random.PRNGKey(0))
+    config = bert.model_config(size, architecture='BertForMaskedLM', binarize=cfg)
+    params = bert.init_params(config, jax.random.PRNGKey(0))
     rows.append((name, len(packed.packed_bytes(config, params, float_dtype))))
     del params
   return rows
 
 
-flags.DEFINE_enum('size', 'bert-base', sorted(models.MODEL_SIZES), 'Model size.')
+flags.DEFINE_enum('size', 'bert-base', sorted(bert.MODEL_SIZES), 'Model size.')
 
 
 def _main(positional):

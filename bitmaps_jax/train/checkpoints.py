@@ -182,13 +182,14 @@ class CheckpointStore:
     return None if found is None else (found[0], *found[1])
 
   def restore_latest_params(self, report=print):
-    """(step, params) of the newest checkpoint whose params read back, for commands that only
+    """(params, step) of the newest checkpoint whose params read back, for commands that only
     read a run: a damaged one is reported in one line and skipped, not renamed."""
     found = self._newest_restorable(
         lambda step: jax.block_until_ready(self.restore_params(step)), report, set_aside=False)
     if found is None:
       raise UserError(f'{self.directory}: no checkpoint could be restored')
-    return found
+    step, params = found
+    return params, step
 
   def _params_readable(self, step) -> bool:
     try:

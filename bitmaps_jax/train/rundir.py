@@ -130,9 +130,8 @@ class RunDir:
     store = self.checkpoint_store(read_only=True)  # the run may be training meanwhile
     try:
       if step is None:
-        step, params = store.restore_latest_params(
+        return store.restore_latest_params(
             report=lambda m: print(m, file=sys.stderr, flush=True))
-        return params, step
       return store.restore_params(step), step
     finally:
       store.close()

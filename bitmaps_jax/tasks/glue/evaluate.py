@@ -10,7 +10,7 @@ from jax.experimental import multihost_utils
 
 from bitmaps_jax import files
 from bitmaps_jax.errors import UserError
-from bitmaps_jax.model import bert
+from bitmaps_jax.model import bert, packed
 from bitmaps_jax.tasks import tokenizer as tokenizers
 from bitmaps_jax.tasks.glue import data as glue_data
 from bitmaps_jax.tasks.glue.distill import cross_entropy
@@ -135,7 +135,6 @@ def evaluate_run(run_dir: str, config, split: str, packed_file: str = '', step=N
   token_ids, token_types = glue_data.encode(examples, tokenizer, config.max_seq_length)
   mesh = parallel.data_mesh()
   if packed_file:
-    from bitmaps_jax.model import packed
     model = packed.PackedModel.load(packed_file)
     # The packed model runs on one device: the rows come back to the host first.
     run_packed = lambda _, batch: model(*(np.asarray(batch[k]) for k in (
