@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from bitmaps_jax import BinarizeConfig
-from bitmaps_jax.model import bert as models
+from bitmaps_jax.model import bert
 from bitmaps_jax.tools import bench
 
 
@@ -17,7 +17,8 @@ def test_quick_benchmark_runs(capsys, tmp_path):
       f'{"a fine film " * (i % 7 + 1)}\t{i % 2}\n' for i in range(40)))
   bench.main(['--quick', f'--sst2_train={train}', '--sst2_examples=20'])
   out = capsys.readouterr().out
-  for heading in ('train step', 'by phase', 'XLA cost estimate', 'inference', 'bucketing'):
+  for heading in ('train step', 'by phase', 'XLA cost estimate', 'XLA memory analysis',
+                  'inference', 'bucketing'):
     assert heading in out
   for row in ('optimizer   ours', 'ours packed binary layers', 'ours packed layers+emb', 'pytorch float32',
               'SST-2 train (WordPiece tokens): 20 examples',
@@ -42,10 +43,19 @@ def test_quick_benchmark_runs(capsys, tmp_path):
 
 
 def test_benchmark_times_the_products_packed_model():
-  cfg = models.model_config('tiny', architecture='BertForMaskedLM',
+  cfg = bert.model_config('tiny', architecture='BertForMaskedLM',
                             binarize=BinarizeConfig(layers=True, center=True))
-  params = models.init_params(cfg, jax.random.PRNGKey(0))
+  params = bert.init_params(cfg, jax.random.PRNGKey(0))
   model = bench.packed_model(cfg, params, float_dtype='float32')
   ids = jax.numpy.ones((2, 8), jax.numpy.int32)
-  ours = models.build_model(cfg).apply({'params': params}, ids)
+  ours = bert.build_model(cfg).apply({'params': params}, ids)
   np.testing.assert_allclose(model(ids), ours, atol=1e-6)  # jit fuses differently: rounding
+
+
+def test_product_train_step_writes_the_new_state_over_the_old():
+  cfg = bert.model_config('tiny', architecture='BertForMaskedLM')
+  mem = bench.step_memory(cfg, 2, 16)
+  _, _, args = bench.product_train_step(cfg, 2, 16)
+  state_bytes = sum(x.nbytes for x in jax.tree_util.tree_leaves(args[0]))
+  assert mem['aliased'] >= state_bytes > 0  # donated: no second copy of params and moments
+  assert mem['peak'] == mem['arguments'] + mem['outputs'] - mem['aliased'] + mem['temporaries']

@@ -1,7 +1,7 @@
 """Side-by-side benchmarks: train-step throughput, packed-weight inference, bucketing.
 
     python -m bitmaps_jax bench [--quick] [--sizes minilm-l6-h384,bert-base] [--batch 8]
-        [--sections train,breakdown,cost,inference,bucketing]
+        [--sections train,breakdown,cost,memory,inference,bucketing,input]
         [--sst2_train GLUE/SST-2/train.tsv [--sst2_examples 4096]]
 
 Every figure is a median over repeats after warm-up, measured in one run on one machine;
@@ -18,6 +18,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import ml_collections
 import optax
 
 from absl import flags
@@ -25,9 +26,12 @@ from absl import flags
 from bitmaps_jax import cli
 from bitmaps_jax.binary.schemes import BinarizeConfig
 from bitmaps_jax.errors import UserError
-from bitmaps_jax.model import bert as models
+from bitmaps_jax.model import bert
 from bitmaps_jax.model import packed as packed_file
 from bitmaps_jax.tasks.glue import data as glue_data
+from bitmaps_jax.tasks.mlm import data as mlm_data
+from bitmaps_jax.tasks.mlm import task as mlm_task
+from bitmaps_jax.train import loop, parallel
 
 VARIANTS = (('ours float32', BinarizeConfig()),
             ('ours binary layers', BinarizeConfig(layers=True)),
@@ -51,52 +55,78 @@ def _batch(config, batch, seq, seed=0):
   return jnp.asarray(ids), jnp.asarray(rng.integers(0, config.vocab_size, (batch, seq)))
 
 
-def jax_train_step(config, batch, seq):
-  """(jitted MLM train step on a fixed random batch, params, optimizer state)."""
-  model = models.build_model(config)
-  params = models.init_params(config, jax.random.PRNGKey(0), seq)
-  tx = optax.adamw(1e-4)
-  ids, labels = _batch(config, batch, seq)
+def _optimizer_config():
+  """A training config's optimizer and loop fields, at the configs' defaults."""
+  return ml_collections.ConfigDict(dict(
+      num_train_steps=1000, learning_rate=1e-4, scale_learning_rate=None, warmup_steps=100,
+      lr_decay='linear', lr_end_factor=0.0, weight_decay=0.01, grad_clip_norm=1.0,
+      adam_b1=0.9, adam_b2=0.999, adam_eps=1e-6))
 
-  @jax.jit
-  def step(params, opt):
-    def loss_fn(p):
-      logits = model.apply({'params': p}, ids).astype(jnp.float32)
-      return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt = tx.update(grads, opt, params)
-    return optax.apply_updates(params, updates), opt, loss
 
-  return step, params, tx.init(params)
+def product_train_step(config, batch, seq):
+  """The training loop's own MLM step on one device and a fixed random masked batch:
+  (run() -> loss, its jitted step, the step's arguments). The step is the product's: forward
+  and backward through the MLM task's metrics, AdamW with clipping and the decay mask, the
+  non-finite guard and the on-device metric sums."""
+  mesh = parallel.data_mesh(jax.devices()[:1])
+  params = bert.init_params(config, jax.random.PRNGKey(0), seq)
+  task = loop.Task(model_config=config, params=params,
+                   batch_metrics=mlm_task.make_batch_metrics(bert.build_model(config)),
+                   train_batch=None, eval_batches=lambda: [], items_per_step=batch * seq)
+  state, _ = loop.make_state(_optimizer_config(), task, mesh)
+  ids, _ = _batch(config, batch, seq)
+  spec = mlm_data.MaskingSpec(vocab_size=config.vocab_size, mask_token_id=103 % config.vocab_size,
+                              special_ids=(), max_predictions=mlm_data.num_predictions(seq, 0.15))
+  data = parallel.global_batch(mesh, mlm_data.mask_tokens(np.asarray(ids), spec,
+                                                          np.random.default_rng(0)))
+  step = loop.make_train_step_fn(task, mesh)
+  key = jax.random.PRNGKey(0)
+  log = loop.empty_log(jax.eval_shape(step.raw, state, data, key, None)[1])
+  args = [state, data, key, None, log, np.int32(1)]
+
+  def run():
+    args[0], args[4] = step(*args)
+    return args[4]['sums']['loss']
+
+  return run, step, args
 
 
 def jax_phase_seconds(config, batch, seq, repeats) -> dict:
-  """Medians of the jitted forward + loss, forward + backward, and the whole train step."""
-  model = models.build_model(config)
-  params = models.init_params(config, jax.random.PRNGKey(0), seq)
-  ids, labels = _batch(config, batch, seq)
+  """Medians of the jitted forward + loss, forward + backward, and the whole train step (the
+  product's). The first two are the same model and loss as the step, without the optimizer."""
+  run, _, args = product_train_step(config, batch, seq)
+  batch_metrics = mlm_task.make_batch_metrics(bert.build_model(config))
+  data = args[1]
 
   def loss_fn(p):
-    logits = model.apply({'params': p}, ids).astype(jnp.float32)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    sums = batch_metrics(p, data, jax.random.PRNGKey(0), True)
+    return sums['loss'] / sums['count']
 
+  params = jax.tree_util.tree_map(jnp.copy, args[0].params)
   forward = jax.jit(loss_fn)
   grads = jax.jit(jax.grad(loss_fn))
   return {'forward': median_seconds(lambda: forward(params).block_until_ready(), repeats),
           'forward+backward': median_seconds(
               lambda: jax.block_until_ready(grads(params)), repeats),
-          'step': jax_train_step_seconds(config, batch, seq, repeats)}
+          'step': median_seconds(lambda: run().block_until_ready(), repeats, warmup=2)}
 
 
 def jax_train_step_seconds(config, batch, seq, repeats):
-  step, params, opt = jax_train_step(config, batch, seq)
-  state = [params, opt]
+  run, _, _ = product_train_step(config, batch, seq)
+  # Two warm-up steps: the second compiles for the step's own (device-placed) outputs.
+  return median_seconds(lambda: run().block_until_ready(), repeats, warmup=2)
 
-  def run():
-    state[0], state[1], loss = step(*state)
-    loss.block_until_ready()
 
-  return median_seconds(run, repeats)
+def step_memory(config, batch, seq) -> dict:
+  """XLA's memory analysis of the product's compiled train step (compiled, not run): bytes of
+  its arguments, outputs, outputs that reuse donated argument buffers, and temporaries; peak
+  is what is live at once, arguments + outputs - aliased + temporaries."""
+  _, step, args = product_train_step(config, batch, seq)
+  mem = step.lower(*args).compile().memory_analysis()
+  out = {'arguments': mem.argument_size_in_bytes, 'outputs': mem.output_size_in_bytes,
+         'aliased': mem.alias_size_in_bytes, 'temporaries': mem.temp_size_in_bytes}
+  out['peak'] = out['arguments'] + out['outputs'] - out['aliased'] + out['temporaries']
+  return out
 
 
 def xla_cost(compiled) -> dict:
@@ -116,8 +146,9 @@ def torch_phase_seconds(config, batch, seq, repeats, phases=('forward', 'forward
   """transformers' BertForMaskedLM in training mode: the same phases."""
   import torch
   import transformers
-  # Dropout off, as in our steps here (the same work on both sides).
-  hf = transformers.BertConfig(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+  # Dropout as in our training step (the same work on both sides).
+  hf = transformers.BertConfig(hidden_dropout_prob=config.hidden_dropout_prob,
+                               attention_probs_dropout_prob=config.attention_probs_dropout_prob,
                                **{k: getattr(config, k) for k in (
                                    'vocab_size', 'hidden_size', 'num_hidden_layers',
                                    'num_attention_heads', 'intermediate_size',
@@ -152,10 +183,10 @@ def packed_model(config, params, float_dtype='float16'):
 def inference_rows(size, batch, seq, repeats):
   """[(name, seconds, weight bytes, peak bytes)] for one forward pass of `size`."""
   rows = []
-  base = models.model_config(size, architecture='BertForMaskedLM')
+  base = bert.model_config(size, architecture='BertForMaskedLM')
   ids, _ = _batch(base, batch, seq)
-  params = models.init_params(base, jax.random.PRNGKey(0), seq)
-  fwd = jax.jit(lambda p, x: models.build_model(base).apply({'params': p}, x))
+  params = bert.init_params(base, jax.random.PRNGKey(0), seq)
+  fwd = jax.jit(lambda p, x: bert.build_model(base).apply({'params': p}, x))
   mem = fwd.lower(params, ids).compile().memory_analysis()
   secs = median_seconds(lambda: fwd(params, ids).block_until_ready(), repeats)
   rows.append(('ours float32', secs, mem.argument_size_in_bytes,
@@ -164,7 +195,7 @@ def inference_rows(size, batch, seq, repeats):
                              ('ours packed layers+emb',
                               BinarizeConfig(layers=True, embeddings='per_dim'))):
     cfg = base.replace(binarize=binarize_cfg)
-    bparams = models.init_params(cfg, jax.random.PRNGKey(0), seq)
+    bparams = bert.init_params(cfg, jax.random.PRNGKey(0), seq)
     model = packed_model(cfg, bparams)
     mem = model.lower(ids).compile().memory_analysis()
     secs = median_seconds(lambda: model(ids).block_until_ready(), repeats)
@@ -195,9 +226,9 @@ def bucketing_epoch_seconds(size, lengths, batch, max_len, repeats):
   """{batching: seconds} for one pass of train steps over examples of the given token lengths:
   every batch padded to max_len; random batches each padded to its longest row (bucket_pool 1);
   batches cut from length-sorted pools of 50 batches (less padding, less random batches)."""
-  config = models.model_config(size, architecture='BertForSequenceClassification')
-  model = models.build_model(config)
-  params = models.init_params(config, jax.random.PRNGKey(0))
+  config = bert.model_config(size, architecture='BertForSequenceClassification')
+  model = bert.build_model(config)
+  params = bert.init_params(config, jax.random.PRNGKey(0))
   tx = optax.adamw(1e-4)
   opt = tx.init(params)
   ids = [np.full(min(n, max_len), 1000 % config.vocab_size, np.int32) for n in lengths]
@@ -253,7 +284,7 @@ def sst2_lengths(path: str, sample: int, max_len: int):
   return lengths, len(ex.sentences), f'SST-2 train ({how} tokens)'
 
 
-SECTIONS = ('train', 'breakdown', 'cost', 'inference', 'bucketing', 'input')
+SECTIONS = ('train', 'breakdown', 'cost', 'memory', 'inference', 'bucketing', 'input')
 
 
 def _rss_bytes() -> int:
@@ -311,14 +342,14 @@ def input_section(quick: bool, batch: int = 256, seq: int = 128, repeats: int = 
 
 
 def train_section(sizes, batch, seq, repeats):
-  print('\n== train step (forward, backward, AdamW), tokens/s')
+  print('\n== train step (the training loop\'s MLM step: forward, backward, AdamW), tokens/s')
   for size in sizes:
     results = []
     for name, cfg in VARIANTS:
-      config = models.model_config(size, architecture='BertForMaskedLM', binarize=cfg)
+      config = bert.model_config(size, architecture='BertForMaskedLM', binarize=cfg)
       results.append((name, jax_train_step_seconds(config, batch, seq, repeats)))
     try:
-      config = models.model_config(size)
+      config = bert.model_config(size)
       results.append(('pytorch float32', torch_train_step_seconds(config, batch, seq, repeats)))
     except ImportError:
       pass
@@ -333,10 +364,10 @@ def breakdown_section(sizes, batch, seq, repeats):
   optimizer update (step - forward+backward), each timed on its own."""
   print('\n== float32 train step by phase: ours vs PyTorch (ms, ratio ours / PyTorch)')
   for size in sizes:
-    config = models.model_config(size, architecture='BertForMaskedLM')
+    config = bert.model_config(size, architecture='BertForMaskedLM')
     ours = jax_phase_seconds(config, batch, seq, repeats)
     try:
-      theirs = torch_phase_seconds(models.model_config(size), batch, seq, repeats)
+      theirs = torch_phase_seconds(bert.model_config(size), batch, seq, repeats)
     except ImportError:
       theirs = None
 
@@ -359,13 +390,23 @@ def cost_section(sizes, batch, seq):
   for size in sizes:
     costs = []
     for name, cfg in VARIANTS:
-      config = models.model_config(size, architecture='BertForMaskedLM', binarize=cfg)
-      step, params, opt = jax_train_step(config, batch, seq)
-      costs.append((name, xla_cost(step.lower(params, opt).compile())))
+      config = bert.model_config(size, architecture='BertForMaskedLM', binarize=cfg)
+      _, step, args = product_train_step(config, batch, seq)
+      costs.append((name, xla_cost(step.lower(*args).compile())))
     fp = costs[0][1]
     for name, cost in costs:
       print(f'{size:<16} {name:<24} {cost["flops"] / 1e9:8.1f} GFLOP (x{cost["flops"] / fp["flops"]:.3f})'
             f'  {cost["bytes"] / 2**30:6.2f} GiB accessed (x{cost["bytes"] / fp["bytes"]:.3f})')
+
+
+def memory_section(sizes, batch, seq):
+  """The train step's device memory: what the donated step holds at once."""
+  print('\n== train step, XLA memory analysis (MiB)')
+  for size in sizes:
+    for name, cfg in VARIANTS:
+      config = bert.model_config(size, architecture='BertForMaskedLM', binarize=cfg)
+      mem = step_memory(config, batch, seq)
+      print(f'{size:<16} {name:<24} ' + '  '.join(f'{k} {v / 2**20:8.1f}' for k, v in mem.items()))
 
 
 def inference_section(sizes, batch, seq, repeats):
@@ -422,19 +463,17 @@ def _main(positional):
   batch, seq, repeats = (2, 16, 1) if args.quick else (args.batch, args.seq, args.repeats)
   print(f'jax {jax.__version__} on {jax.devices()[0].platform}, {jax.device_count()} device(s);'
         f' batch {batch} x {seq} tokens; medians of {repeats} after warm-up')
-  if 'train' in sections:
-    train_section(sizes, batch, seq, repeats)
-  if 'breakdown' in sections:
-    breakdown_section(sizes, batch, seq, repeats)
-  if 'cost' in sections:
-    cost_section(sizes, batch, seq)
-  if 'inference' in sections:
-    inference_section(sizes, batch, seq, repeats)
-  if 'bucketing' in sections:
-    bucketing_section(sizes[0], args.quick, args.sst2_train, args.sst2_examples)
-  if 'input' in sections:
-    input_section(args.quick)
-
+  run = {'train': lambda: train_section(sizes, batch, seq, repeats),
+         'breakdown': lambda: breakdown_section(sizes, batch, seq, repeats),
+         'cost': lambda: cost_section(sizes, batch, seq),
+         'memory': lambda: memory_section(sizes, batch, seq),
+         'inference': lambda: inference_section(sizes, batch, seq, repeats),
+         'bucketing': lambda: bucketing_section(sizes[0], args.quick, args.sst2_train,
+                                                args.sst2_examples),
+         'input': lambda: input_section(args.quick)}
+  for section in SECTIONS:
+    if section in sections:
+      run[section]()
 
 
 def main(argv=None):

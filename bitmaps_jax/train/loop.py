@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
+from jax.experimental import multihost_utils
 from flax.training import train_state
 
 from bitmaps_jax.errors import UserError
@@ -63,7 +64,6 @@ class StopSignal:
 
   def should_stop(self, step: int) -> bool:
     if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
       try:
         if multihost_utils.reached_preemption_sync_point(step):
           self.received = self.received or 'SIGTERM'
@@ -138,13 +138,18 @@ class Prefetcher:
 def make_train_step_fn(task: Task, mesh):
   """The data-parallel step with a guard (a non-finite step leaves the state unchanged) and
   on-device bookkeeping: metric sums accumulate, skipped steps are counted and the first
-  non-finite step is recorded without any transfer to the host."""
-  raw_step = parallel.make_train_step(task.batch_metrics, mesh, donate=False)
+  non-finite step is recorded without any transfer to the host.
+
+  The guard is a conditional around the update inside the one compiled step, which donates
+  the state and the log: the new params and Adam moments are written over the old ones
+  instead of beside them, so the step holds one copy of the train state, not two. The caller
+  must not use a state (or log) after passing it in."""
+  raw_step = parallel.make_train_step(task.batch_metrics, mesh, donate=False,
+                                      skip_nonfinite=True)
 
   def step(state, batch, rng, teacher, log, step_number):
-    new_state, sums, grad_norm = raw_step(state, batch, rng, teacher)
+    kept, sums, grad_norm = raw_step(state, batch, rng, teacher)
     finite = jnp.isfinite(sums['loss']) & jnp.isfinite(grad_norm)
-    kept = jax.tree_util.tree_map(lambda new, old: jnp.where(finite, new, old), new_state, state)
     bad_loss = jnp.where(finite, log['bad_loss'], sums['loss'].astype(jnp.float32))
     sums = jax.tree_util.tree_map(lambda x: jnp.where(finite, x, jnp.zeros_like(x)), sums)
     log = {'sums': jax.tree_util.tree_map(jnp.add, log['sums'], sums),
@@ -156,9 +161,23 @@ def make_train_step_fn(task: Task, mesh):
            'grad_norm': grad_norm}
     return kept, log
 
-  step = jax.jit(step)
+  step = jax.jit(step, donate_argnums=(0, 4))
   step.raw = raw_step  # (state, batch, rng, teacher) -> (state, sums, grad norm)
   return step
+
+
+def make_state(config, task: Task, mesh):
+  """(the initial train state on every device, {group: learning-rate schedule}): AdamW per
+  `config`, with the binary schemes' scale group and weight-decay mask."""
+  schedules = optim.make_schedules(config, config.num_train_steps)
+  tx = optim.make_optimizer(config, schedules, binary_params.scale_paths(task.model_config),
+                            binary_params.no_decay_paths(task.model_config))
+  state = train_state.TrainState.create(apply_fn=None, params=task.params, tx=tx)
+  # Buffers of its own: the train step donates the state, and placing arrays that are already
+  # on the device can hand back the task's own params (which the loop reads again).
+  copy = jax.jit(lambda s: jax.tree_util.tree_map(jnp.copy, s),
+                 out_shardings=parallel.replicated(mesh))
+  return copy(parallel.replicate(mesh, state)), schedules
 
 
 def empty_log(sums_shape) -> dict:
@@ -192,11 +211,7 @@ def train_and_evaluate(config, workdir: str, task: Task) -> dict:
   mesh = parallel.data_mesh()
   total = config.num_train_steps
   is_main = jax.process_index() == 0
-  schedules = optim.make_schedules(config, total)
-  tx = optim.make_optimizer(config, schedules, binary_params.scale_paths(task.model_config),
-                            binary_params.no_decay_paths(task.model_config))
-  state = train_state.TrainState.create(apply_fn=None, params=task.params, tx=tx)
-  state = parallel.replicate(mesh, state)
+  state, schedules = make_state(config, task, mesh)
   teacher = parallel.replicate(mesh, task.teacher_params)
   store = run.checkpoint_store(keep=config.get('keep_checkpoints', 3),
                                async_save=config.get('async_checkpoints', False))

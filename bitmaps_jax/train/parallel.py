@@ -49,13 +49,22 @@ def global_batch(mesh, local_batch: dict) -> dict:
           for k, v in local_batch.items()}
 
 
+def replicated(mesh) -> NamedSharding:
+  """The sharding of a pytree held whole on every device of the mesh."""
+  return NamedSharding(mesh, P())
+
+
 def replicate(mesh, tree):
   """Places a pytree on every device of the mesh."""
-  return jax.device_put(tree, NamedSharding(mesh, P()))
+  return jax.device_put(tree, replicated(mesh))
 
 
-def make_train_step(sums_fn, mesh, donate: bool = True):
+def make_train_step(sums_fn, mesh, donate: bool = True, skip_nonfinite: bool = False):
   """jit(shard_map(step)): `sums_fn(params, batch, rng, train, frozen)` -> summed metrics.
+
+  With `skip_nonfinite` a step whose loss or gradient norm is not finite returns the state
+  unchanged: each new leaf is selected against the old one where it is computed, so with
+  `donate` the update can still write over the old state.
 
   `frozen` is a replicated pytree that is read but not trained (a distillation teacher).
   The objective is the global mean of the summed 'loss' over the global 'count', so the
@@ -82,7 +91,12 @@ def make_train_step(sums_fn, mesh, donate: bool = True):
     sums = jax.lax.psum(sums, AXIS)
     grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g.astype(jnp.float32)))
                              for g in jax.tree_util.tree_leaves(grads)))
-    return state.apply_gradients(grads=grads), sums, grad_norm
+    if not skip_nonfinite:
+      return state.apply_gradients(grads=grads), sums, grad_norm
+    finite = jnp.isfinite(sums['loss']) & jnp.isfinite(grad_norm)
+    new_state = jax.tree_util.tree_map(lambda new, old: jnp.where(finite, new, old),
+                                       state.apply_gradients(grads=grads), state)
+    return new_state, sums, grad_norm
 
   step = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS), P(), P()),
                        out_specs=(P(), P(), P()))

@@ -65,6 +65,19 @@ def _vocabulary(config, run: RunDir, train_docs, is_main: bool) -> str:
   return vocab_source
 
 
+def make_batch_metrics(model):
+  """Summed MLM metrics of a batch (loss, accuracy, MRR over the masked positions)."""
+
+  def batch_metrics(params, batch, rng, train, teacher=None):
+    logits = model.apply({'params': params}, batch['input_ids'], batch['attention_mask'],
+                         batch['token_type_ids'], deterministic=not train,
+                         masked_positions=batch['masked_positions'],
+                         rngs={'dropout': rng} if train else {})
+    return metrics.masked_lm_sums(logits, batch['masked_labels'], batch['masked_weights'])
+
+  return batch_metrics
+
+
 def build_task(config, workdir: str):
   """(loop.Task, BertConfig) for MLM pretraining with `config`; writes the run's files."""
   is_main = jax.process_index() == 0
@@ -111,17 +124,9 @@ def build_task(config, workdir: str):
     valid_windows = mlm_data.pack_windows(valid_docs, tokenizer, config.max_seq_length)
     batches = mlm_data.MLMBatches(train_windows, spec, global_batch, config.seed, pid, nproc)
     n_train = len(train_windows)
-  model = bert.build_model(model_cfg)
-
-  def batch_metrics(params, batch, rng, train, teacher=None):
-    logits = model.apply({'params': params}, batch['input_ids'], batch['attention_mask'],
-                         batch['token_type_ids'], deterministic=not train,
-                         masked_positions=batch['masked_positions'],
-                         rngs={'dropout': rng} if train else {})
-    return metrics.masked_lm_sums(logits, batch['masked_labels'], batch['masked_weights'])
-
   task = loop.Task(
-      model_config=model_cfg, params=params, batch_metrics=batch_metrics,
+      model_config=model_cfg, params=params,
+      batch_metrics=make_batch_metrics(bert.build_model(model_cfg)),
       train_batch=batches.batch,
       eval_batches=lambda: mlm_data.eval_batches(valid_windows, spec, global_batch,
                                                  config.eval_batches, pid, nproc),
