@@ -95,3 +95,21 @@ def test_torch_anchor_runs_on_a_small_pair_task(tmp_path, minilm_dir):
                        cwd=repo, capture_output=True, text=True)
   assert out.returncode == 2 and out.stderr.strip().splitlines() == [
       f'error: {tmp_path / "no"}/RTE/train.tsv: train split file not found']
+
+
+def test_majority_baseline_scores_the_most_frequent_train_label(tmp_path):
+  import os
+  import subprocess
+  import sys
+  from conftest import write_pair_glue_dir
+  labels = write_pair_glue_dir(tmp_path)['MRPC'][1]
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run([sys.executable, 'scripts/majority_baseline.py', str(tmp_path), 'mrpc',
+                        'stsb'], cwd=repo, capture_output=True, text=True)
+  k = int(sum(labels) * 2 > len(labels))  # train and dev hold the same pairs here
+  share = sum(l == k for l in labels) / len(labels)
+  f1 = 2 * share / (1 + share) if k == 1 else 0.0
+  assert out.stdout.splitlines() == [
+      f"mrpc: majority '{k}', dev f1 {f1:.4f}, accuracy {share:.4f} ({len(labels)})"]
+  assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+      'error: stsb: a regression task has no majority class']
