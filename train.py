@@ -39,4 +39,4 @@ def main(argv):
     os._exit(e.code if isinstance(e.code, int) else 1)
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -7,6 +7,7 @@ mistakes (a misspelt field, a wrong path), which these wrappers turn into `error
 """
 
 import contextlib
+import os
 import sys
 
 import jax
@@ -42,12 +43,56 @@ def _define(define, *args, **kwargs):
     exit_with_error(f'{_flag_for(sys.argv, message)}: unknown config field {message}')
 
 
+PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 def define_config_file(name: str, default: str, help_string: str):
+  """A config-file flag; a relative `default` is the project's file, wherever the command
+  runs from."""
+  if not os.path.isabs(default):
+    default = os.path.join(PROJECT, default)
   _define(config_flags.DEFINE_config_file, name, default, help_string, lock_config=True)
 
 
 def define_config_dict(name: str, config, help_string: str):
   _define(config_flags.DEFINE_config_dict, name, config, help_string)
+
+
+def _config_file_error(flag: str, e: Exception) -> str:
+  """One line for a config file that could not be loaded: missing, failing, no get_config."""
+  text = str(e)
+  errno = [l.strip() for l in text.splitlines() if l.strip().startswith('[Errno')]
+  if errno:
+    return f'{flag}: cannot load the config file ({errno[0]})'
+  if isinstance(e, AttributeError) and 'get_config' in text:
+    return f'{flag}: the config file has no get_config() function'
+  if 'Error whilst parsing config file' in text:  # get_config raised; its last line says why
+    last = [l.strip() for l in text.splitlines() if l.strip()][-1]
+    return f'{flag}: {last.split("ValueError: ", 1)[-1]}'
+  return f'{flag}: cannot load the config file ({type(e).__name__}: {_first_line(e)})'
+
+
+def parse_flags(argv):
+  """absl's flag parsing for app.run(..., flags_parser=...): a bad config argument, a config
+  file that does not load, or a --config.x=y override the config does not have is one line,
+  exit 2 (absl would print a traceback or a usage hint, exit 1)."""
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # absl's flags.Error, or ml_collections' own errors while parsing
+    message = _first_line(e)
+    overrides = [a for a in argv if a.startswith('--config.')]
+    flag = _flag_for(argv, message) if overrides else '--config'
+    if isinstance(e, (AttributeError, KeyError)) and flag.startswith('--config.'):
+      exit_with_error(f'{flag}: unknown config field {message}')
+    if isinstance(e, flags.Error) and 'Error whilst parsing config file' not in str(e):
+      exit_with_error(str(e).replace('\n', ' ').strip())
+    config = [a for a in argv if a == '--config' or a.startswith('--config=')]
+    given = '--config'
+    if config and config[0].startswith('--config='):
+      given = config[0]
+    elif config and argv.index(config[0]) + 1 < len(argv):
+      given = f'--config={argv[argv.index(config[0]) + 1]}'
+    exit_with_error(_config_file_error(given, e))
 
 
 def read_config(name: str = 'config'):
@@ -57,8 +102,7 @@ def read_config(name: str = 'config'):
     config.keys()  # a config that failed to load raises on first use
     return config
   except Exception as e:  # ml_collections wraps every load failure (missing file, bad code)
-    reason = [l.strip() for l in str(e).splitlines() if l.strip().startswith('[Errno')]
-    exit_with_error(f'--{name}: cannot load the config file ({reason[0] if reason else _first_line(e)})')
+    exit_with_error(_config_file_error(f'--{name}', e))
 
 
 def quiet_library_logs():

@@ -58,6 +58,7 @@ def parse_args(arg: str, allowed: tuple, what: str):
   tiny = 'tiny' in parts
   parts = [p for p in parts if p != 'tiny']
   if len(parts) > 1 or (parts and parts[0] not in allowed):
-    raise ValueError(f'{what}: unknown argument {arg!r}; expected one of {", ".join(allowed)}'
-                     f' optionally followed by ",tiny"')
+    expected = (f'one of {", ".join(allowed)}, optionally followed by ",tiny"' if allowed
+                else 'none, or "tiny"')
+    raise ValueError(f'{what}: unknown argument {arg!r}; expected {expected}')
   return (parts[0] if parts else None), tiny

@@ -125,6 +125,31 @@ CASES = [
      lambda r, t, s: ['train.py', '--config.learning_rate=0.1', '--config.learnin_rate=2',
                       f'--workdir={t}/x'],
      "error: --config.learnin_rate=2: unknown config field 'learnin_rate'"),
+    ('unknown-config-argument', lambda r, t: {},
+     lambda r, t, s: ['train.py', '--config', 'configs/glue.py:mrpc,tiny', f'--workdir={t}/x'],
+     "configs/glue.py: unknown argument 'mrpc,tiny'; expected one of cola, sst2"),
+    ('missing-config-file', lambda r, t: {},
+     lambda r, t, s: ['train.py', '--config', f'{t}/nope.py', '--config.seed=1',
+                      f'--workdir={t}/x'],
+     'cannot load the config file ([Errno 2] No such file or directory'),
+    ('config-file-without-get-config', lambda r, t: (t / 'c.py').write_text('x = 1\n') and {},
+     lambda r, t, s: ['train.py', f'--config={t}/c.py', f'--workdir={t}/x'],
+     'c.py: the config file has no get_config() function'),
+    ('misspelt-field-with-config', lambda r, t: {},
+     lambda r, t, s: ['train.py', '--config', 'configs/glue.py:cola,tiny',
+                      '--config.learning_rat=3', f'--workdir={t}/x'],
+     "--config.learning_rat=3: unknown config field 'learning_rat'"),
+    ('not-a-field-with-config', lambda r, t: {},
+     lambda r, t, s: ['train.py', '--config=configs/glue.py:cola,tiny', '--config.num_labels=3',
+                      f'--workdir={t}/x'],
+     '--config.num_labels=3: unknown config field num_labels'),
+    ('bad-field-value-with-config', lambda r, t: {},
+     lambda r, t, s: ['train.py', '--config', 'configs/glue.py:cola,tiny',
+                      '--config.learning_rate=abc', f'--workdir={t}/x'],
+     "--config.learning_rate=abc: could not convert string to float: 'abc'"),
+    ('eval-misspelt-field', lambda r, t: {'run': _copy(r, 'glue', t)},
+     lambda r, t, s: ['eval.py', f'--workdir={s["run"]}', '--config.data_dri=x'],
+     "--config.data_dri=x: unknown config field 'data_dri'"),
     ('every-checkpoint-damaged', lambda r, t: _damage_all(_copy(r, 'mlm', t)),
      lambda r, t, s: ['train.py', *TINY, '--config.num_train_steps=9', f'--workdir={s["run"]}'],
      'no checkpoint could be restored'),
@@ -168,6 +193,15 @@ def test_one_line_error(runs, tmp_path, name, setup, command, fragment):
   err = [l for l in out.stderr.strip().splitlines() if 'damaged checkpoint (' not in l]
   assert out.returncode == 2, out.stderr[-3000:]
   assert len(err) == 1 and err[0].startswith('error: ') and fragment in err[0], err
+
+
+def test_train_py_finds_its_default_config_from_another_directory(tmp_path):
+  out = _run([os.path.join(REPO, 'train.py'), '--config.num_train_steps=1',
+              '--config.data.builtin_documents=100', '--config.warmup_steps=0',
+              '--config.eval_every_steps=1', '--config.checkpoint_every_steps=1',
+              f'--workdir={tmp_path}/run'], cwd=tmp_path)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert 'final valid' in out.stdout
 
 
 def test_damaged_latest_checkpoint_is_set_aside_and_the_previous_one_resumes(runs, tmp_path):
