@@ -4,11 +4,24 @@
 """
 
 import os
+import signal
 import sys
 
-from absl import app
-from absl import flags
-from bitmaps_jax import cli
+
+def _stopped_before_start(signum, frame):
+  """SIGTERM / SIGINT while Python loads its libraries: nothing is written yet, so stopping
+  at once loses nothing (the training code takes over the signals once it starts)."""
+  print(f'{signal.Signals(signum).name}: stopped while starting, before anything was written; '
+        f'run the same command to start again', file=sys.stderr, flush=True)
+  os._exit(0)
+
+
+for _sig in (signal.SIGTERM, signal.SIGINT):
+  signal.signal(_sig, _stopped_before_start)
+
+from absl import app  # noqa: E402  (after the handlers: importing JAX takes seconds)
+from absl import flags  # noqa: E402
+from bitmaps_jax import cli  # noqa: E402
 
 FLAGS = flags.FLAGS
 cli.define_config_file('config', 'configs/default.py', 'Training configuration.')
@@ -26,6 +39,9 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   from bitmaps_jax.train import parallel
   if FLAGS.distributed or FLAGS.coordinator_address:
+    # JAX's preemption service takes SIGTERM; Ctrl-C is Python's KeyboardInterrupt.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                     FLAGS.process_id)
   try:

@@ -117,17 +117,23 @@ def quiet_library_logs():
 
 def train(config, workdir: str) -> dict:
   """What train.py runs: the config's task. A user's mistake ends in one line, exit 2; SIGTERM
-  or SIGINT ends it after a checkpoint, with one line, exit 0."""
+  or SIGINT ends it after a checkpoint (during start-up: at once, nothing to save), with one
+  line, exit 0."""
   quiet_library_logs()
   try:
-    # One run per workdir; on several hosts, process 0 holds the lock for all of them.
-    with RunDir(workdir).lock('train') if jax.process_index() == 0 else contextlib.nullcontext():
-      result = tasks.run(config, workdir)
+    with loop.StartupSignals():
+      # One run per workdir; on several hosts, process 0 holds the lock for all of them.
+      with (RunDir(workdir).lock('train') if jax.process_index() == 0
+            else contextlib.nullcontext()):
+        result = tasks.run(config, workdir)
   except UserError as e:
     exit_with_error(e)
   except loop.Preempted as e:
     if jax.process_index() == 0:
       print(e, file=sys.stderr)
+    sys.exit(0)
+  except loop.Interrupted as e:  # the lock is released by now
+    print(e.message(), file=sys.stderr)
     sys.exit(0)
   if jax.process_index() == 0:
     print('final valid ' + ' '.join(f'{k} {v:.4f}' for k, v in result.items()))

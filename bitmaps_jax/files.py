@@ -67,9 +67,14 @@ def write_bytes(p, data: bytes):
     path(p).write_bytes(data)
     return
   tmp = os.fspath(p) + '.tmp'
-  with open(tmp, 'wb') as f:
-    f.write(data)
-  os.replace(tmp, p)
+  try:
+    with open(tmp, 'wb') as f:
+      f.write(data)
+    os.replace(tmp, p)
+  except BaseException:  # a full disk, a signal: no half-written file left behind
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
+    raise
 
 
 def write_text(p, text: str):

@@ -12,6 +12,7 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 from bitmaps_jax.model import bert
 from bitmaps_jax.train import checkpoints
@@ -140,3 +141,33 @@ def test_sigterm_saves_and_the_next_run_loses_no_step(tmp_path):
   full_valid, _ = _final_valid(full_dir)
   assert stop_valid == full_valid
   assert train_steps == list(range(1, STEPS + 1))  # no step lost, none logged twice
+
+
+@pytest.mark.parametrize('sig,when', [(signal.SIGTERM, 'importing'), (signal.SIGTERM, 'locked'),
+                                      (signal.SIGINT, 'locked')])
+def test_a_signal_during_start_up_is_one_line_and_leaves_the_run_clean(tmp_path, sig, when):
+  """Stopped while Python imports JAX, or later while the run (locked) loads, tokenizes and
+  compiles: one line, no lock or half-written file left, and the same command starts."""
+  workdir = tmp_path / 'run'
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  command = [sys.executable, 'train.py', f'--workdir={workdir}', *FLAGS]
+  proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, env=env)
+  if when == 'importing':
+    time.sleep(0.3)
+  else:
+    deadline = time.time() + 120
+    while not (workdir / 'run.lock').exists() and time.time() < deadline:
+      time.sleep(0.005)
+  proc.send_signal(sig)
+  _, err = proc.communicate(timeout=300)
+  name = signal.Signals(sig).name
+  assert proc.returncode == 0, err[-3000:]
+  lines = err.strip().splitlines()
+  assert lines and lines[-1].startswith(f'{name}: stopped while starting'), err[-3000:]
+  assert 'Traceback' not in err and 'KeyboardInterrupt' not in err, err[-3000:]
+  left = [str(p) for p in workdir.rglob('*')] if workdir.exists() else []
+  assert not any(p.endswith(('run.lock', '.tmp')) or 'orbax-checkpoint-tmp' in p
+                 for p in left), left
+  again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
+  assert again.returncode == 0, again.stderr[-2000:]

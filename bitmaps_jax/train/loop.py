@@ -35,6 +35,59 @@ class Preempted(Exception):
   """SIGTERM or SIGINT arrived: the current step finished and a checkpoint was saved."""
 
 
+class Interrupted(BaseException):
+  """SIGTERM or SIGINT outside the training steps (start-up: loading, tokenizing, compiling;
+  or the last writes after the final step). A BaseException, so that no library's `except
+  Exception` swallows it on its way out through the run lock."""
+
+  def __init__(self, signal_name: str, after_training: bool):
+    super().__init__(signal_name)
+    self.signal_name, self.after_training = signal_name, after_training
+
+  def message(self) -> str:
+    if self.after_training:
+      return (f'{self.signal_name}: stopped after the last step, while finishing (its '
+              f'checkpoint is saved); run the same command to finish')
+    return (f'{self.signal_name}: stopped while starting, before the first step (no '
+            f'checkpoint written); run the same command to start again')
+
+
+# Callbacks whose exceptions Python prints as "Exception ignored" and drops.
+_SWALLOWED_IN = ('_xla_gc_callback', '__del__')
+
+
+class StartupSignals:
+  """Turns SIGTERM / SIGINT into `Interrupted` for as long as the context lasts, outside
+  the span where `StopSignal` lets the step finish and saves. Same rule as StopSignal on
+  several hosts: the preemption service owns the signal there."""
+
+  reached_training = False
+  received = None  # kept too: a raise inside a garbage-collector callback is swallowed
+
+  def __init__(self):
+    self._previous = {}
+
+  def __enter__(self):
+    StartupSignals.reached_training = False
+    StartupSignals.received = None
+    if (threading.current_thread() is threading.main_thread() and
+        jax.process_count() == 1):
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._raise)
+    return self
+
+  @staticmethod
+  def _raise(signum, frame):
+    StartupSignals.received = signal.Signals(signum).name
+    if frame is not None and frame.f_code.co_name in _SWALLOWED_IN:
+      return  # raised at the next check instead (StopSignal), not printed as 'ignored'
+    raise Interrupted(signal.Signals(signum).name, StartupSignals.reached_training)
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
 class StopSignal:
   """Notes SIGTERM / SIGINT (a preemptible TPU VM gets SIGTERM ~30 s before it goes) so the
   loop can finish its step and save. On several hosts SIGTERM is left to JAX's preemption
@@ -47,6 +100,9 @@ class StopSignal:
     self._previous = {}
 
   def __enter__(self):
+    if StartupSignals.received and not StartupSignals.reached_training:
+      raise Interrupted(StartupSignals.received, False)
+    StartupSignals.reached_training = True
     if (threading.current_thread() is threading.main_thread() and
         jax.process_count() == 1):
       for sig in (signal.SIGTERM, signal.SIGINT):
