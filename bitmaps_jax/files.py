@@ -7,6 +7,7 @@ turns a URI into a local directory named `gs:`.
 """
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -91,6 +92,31 @@ def rename(src, dst):
 
 def rmtree(p):
   path(p).rmtree()
+
+
+def is_disk_full(error: BaseException) -> bool:
+  """Whether `error`, or what caused it, is a full disk (ENOSPC, or EDQUOT: a quota)."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+      return True
+    if 'No space left on device' in str(error):  # tensorstore's errors are not OSErrors
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+def free_space(p) -> str:
+  """'N MiB free of M MiB' on the disk that holds local path `p` (or its nearest existing
+  parent); '' for a remote path."""
+  if is_remote(p):
+    return ''
+  p = os.path.abspath(os.fspath(p))
+  while not os.path.exists(p) and os.path.dirname(p) != p:
+    p = os.path.dirname(p)
+  usage = shutil.disk_usage(p)
+  return f'{usage.free / 2**20:.2f} MiB free of {usage.total / 2**20:.1f} MiB'
 
 
 @contextlib.contextmanager

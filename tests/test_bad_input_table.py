@@ -319,3 +319,29 @@ def test_readers_never_clean_or_write_into_a_run_they_read(runs, tmp_path):
   assert {mlm: _tree(mlm), glue: _tree(glue)} == before
   out = _run(['-m', 'bitmaps_jax', 'export', str(mlm), f'{tmp_path}/m.bmp', '--verbosity=-1'])
   assert out.returncode == 0 and 'Given directory is read only' in out.stderr  # ...unless asked
+
+
+def test_a_full_disk_during_a_save_is_one_line_and_the_same_command_resumes(tmp_path):
+  """A 4 MiB tmpfs as workdir fills up at a checkpoint: one line naming the directory and the
+  space left, exit 2, the partial save removed; with room again the same command resumes."""
+  disk = tmp_path / 'disk'
+  disk.mkdir()
+  ok = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', str(disk)],
+                      capture_output=True, text=True)
+  if ok.returncode:
+    pytest.skip(f'cannot mount a small tmpfs here ({ok.stderr.strip()})')
+  MOUNTS.append(str(disk))
+  command = ['train.py', *TINY, '--config.num_train_steps=40', '--config.checkpoint_every_steps=1',
+             '--config.keep_checkpoints=50', f'--workdir={disk}/run']
+  out = _run(command)
+  err = out.stderr.strip().splitlines()
+  assert out.returncode == 2, out.stderr[-3000:]
+  assert err[-1].startswith(f'error: {disk}/run/checkpoints: no space left on the device'), err
+  assert 'MiB free of 4.0 MiB' in err[-1] and 'partial save is removed' in err[-1], err
+  assert not [l for l in err if not l.startswith(('[', 'step ', 'error: '))], err
+  entries = os.listdir(disk / 'run' / 'checkpoints')
+  assert entries and all(n.isdigit() for n in entries), entries
+  subprocess.run(['mount', '-o', 'remount,size=64m', str(disk)], check=True)
+  again = _run(command)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert f'resuming from {disk}/run/checkpoints/{max(int(n) for n in entries)}' in again.stderr

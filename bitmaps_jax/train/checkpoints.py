@@ -9,6 +9,7 @@ aside by `restore_latest`, which falls back to the newest one that restores.
 """
 
 import contextlib
+import logging
 import os
 import sys
 import tempfile
@@ -49,6 +50,20 @@ def _stderr_captured():
       out.append(tmp.read().decode('utf-8', 'replace'))
 
 
+class _DropDiskFull(logging.Filter):
+  """Drops orbax's own log records of a full disk (a traceback per thread): the save reports
+  it in one line."""
+
+  def filter(self, record):
+    error = record.exc_info[1] if record.exc_info else None
+    return not (files.is_disk_full(error) if error else
+                'No space left on device' in record.getMessage())
+
+
+# For good: an async save fails in a background thread, reported at the next save or wait.
+logging.getLogger('absl').addFilter(_DropDiskFull())
+
+
 def has_checkpoints(directory: str) -> bool:
   """Whether `directory` holds at least one finished checkpoint (step directories only)."""
   return files.isdir(directory) and any(n.isdigit() for n in files.listdir(directory))
@@ -86,16 +101,50 @@ class CheckpointStore:
   def save(self, step: int, state, meta: dict):
     # orbax's save waits for the previous one anyway; waiting here first means no rename into
     # the trash is under way while it is emptied.
-    self.manager.wait_until_finished()
-    self._empty_trash()
-    self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                    meta=ocp.args.JsonSave(meta)))
-    if not self.async_save:
+    with self._disk_full_reported(step):
+      self.manager.wait_until_finished()
       self._empty_trash()
+      self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                      meta=ocp.args.JsonSave(meta)))
+      if not self.async_save:
+        self._empty_trash()
 
   def wait(self):
-    self.manager.wait_until_finished()
-    self._empty_trash()
+    with self._disk_full_reported(None):
+      self.manager.wait_until_finished()
+      self._empty_trash()
+
+  @contextlib.contextmanager
+  def _disk_full_reported(self, step):
+    """A full disk during a save: the partial save is removed and a `UserError` names the
+    directory and the space left (the same command resumes from the last complete step once
+    there is room)."""
+    failed = None
+    with _stderr_captured() as noise:  # tensorstore's callbacks print after a failed write
+      try:
+        yield
+      except Exception as e:  # orbax and tensorstore wrap the OSError in several types
+        failed = e
+    if failed is None or not files.is_disk_full(failed):
+      sys.stderr.write(noise[0])  # nothing is hidden but a full disk's aftermath
+      if failed is not None:
+        raise failed
+      return
+    self._remove_partial_saves()
+    free = files.free_space(self.directory)
+    latest = self.latest_step()
+    saving = f' while saving step {step}' if step is not None else ' while saving'
+    raise UserError(
+        f'{self.directory}: no space left on the device{saving}'
+        f'{f" ({free})" if free else ""}; the partial save is removed; free some space and '
+        f'run the same command to resume from '
+        f'{"the start" if latest is None else f"step {latest}"}') from None
+
+  def _remove_partial_saves(self):
+    for name in files.listdir(self.directory) if files.isdir(self.directory) else []:
+      if '.orbax-checkpoint-tmp' in name:
+        files.rmtree(files.join(self.directory, name))
+    self.manager.reload()
 
   def _empty_trash(self):
     """Deletes the steps orbax has set aside, including any a killed run left half-deleted.
