@@ -14,7 +14,7 @@ import jax
 from absl import flags, logging
 from ml_collections import config_flags
 
-from bitmaps_jax import tasks
+from bitmaps_jax import files, tasks
 from bitmaps_jax.errors import UserError, exit_with_error
 from bitmaps_jax.train import loop
 from bitmaps_jax.train.rundir import RunDir
@@ -120,6 +120,7 @@ def train(config, workdir: str) -> dict:
   or SIGINT ends it after a checkpoint (during start-up: at once, nothing to save), with one
   line, exit 0."""
   quiet_library_logs()
+  fresh = not files.is_remote(workdir) and not os.path.exists(workdir)
   try:
     with loop.StartupSignals():
       # One run per workdir; on several hosts, process 0 holds the lock for all of them.
@@ -127,6 +128,9 @@ def train(config, workdir: str) -> dict:
             else contextlib.nullcontext()):
         result = tasks.run(config, workdir)
   except UserError as e:
+    if fresh:  # a workdir this command made and left empty (config refused): not left behind
+      with contextlib.suppress(OSError):
+        os.rmdir(workdir)
     exit_with_error(e)
   except loop.Preempted as e:
     if jax.process_index() == 0:

@@ -150,6 +150,10 @@ CASES = [
     ('eval-misspelt-field', lambda r, t: {'run': _copy(r, 'glue', t)},
      lambda r, t, s: ['eval.py', f'--workdir={s["run"]}', '--config.data_dri=x'],
      "--config.data_dri=x: unknown config field 'data_dri'"),
+    ('rejected-config-on-a-fresh-workdir', lambda r, t: {},
+     lambda r, t, s: ['train.py', *TINY, '--config.warmup_steps=50', '--config.learning_rate=7',
+                      f'--workdir={t}/fresh'],
+     'warmup_steps must be in [0, num_train_steps=6], got 50'),
     ('every-checkpoint-damaged', lambda r, t: _damage_all(_copy(r, 'mlm', t)),
      lambda r, t, s: ['train.py', *TINY, '--config.num_train_steps=9', f'--workdir={s["run"]}'],
      'no checkpoint could be restored'),
@@ -193,6 +197,17 @@ def test_one_line_error(runs, tmp_path, name, setup, command, fragment):
   err = [l for l in out.stderr.strip().splitlines() if 'damaged checkpoint (' not in l]
   assert out.returncode == 2, out.stderr[-3000:]
   assert len(err) == 1 and err[0].startswith('error: ') and fragment in err[0], err
+
+
+def test_a_rejected_config_leaves_the_run_and_a_fresh_workdir_as_they_were(runs, tmp_path):
+  run = _copy(runs, 'mlm', tmp_path)
+  before = {n: (run / n).read_bytes() for n in os.listdir(run) if (run / n).is_file()}
+  bad = ['--config.warmup_steps=50', '--config.learning_rate=7']
+  out = _run(['train.py', *TINY, *bad, f'--workdir={run}'])
+  assert out.returncode == 2 and 'warmup_steps must be in' in out.stderr, out.stderr[-2000:]
+  assert {n: (run / n).read_bytes() for n in os.listdir(run) if (run / n).is_file()} == before
+  out = _run(['train.py', *TINY, *bad, f'--workdir={tmp_path}/fresh'])
+  assert out.returncode == 2 and not (tmp_path / 'fresh').exists()
 
 
 def test_train_py_finds_its_default_config_from_another_directory(tmp_path):

@@ -152,6 +152,15 @@ def validate_loop_config(config):
       raise UserError(f'config.{field} must be a positive integer, got {value!r}')
 
 
+def check_config(config, model_cfg: BertConfig):
+  """Everything the loop will refuse, checked before the run's files are written: a rejected
+  config leaves the run's record (and a fresh workdir) as it was."""
+  validate_loop_config(config)
+  optim.make_optimizer(config, optim.make_schedules(config, config.num_train_steps),
+                       binary_params.scale_paths(model_cfg),
+                       binary_params.no_decay_paths(model_cfg))
+
+
 class Prefetcher:
   """Builds the next batches on a background thread, `depth` ahead of the device, so input
   preparation overlaps the device step. Batches come in step order."""

@@ -202,6 +202,7 @@ def build(config, workdir: str):
   teacher = load_teacher(config, model_cfg)
   data = load_data(config, tokenizer, teacher)
   config = derive_schedule(config, data.batches.steps_per_epoch)
+  loop.check_config(config, model_cfg)
   run = RunDir(workdir)
   run.check_resumable(model_cfg)
   if jax.process_index() == 0:

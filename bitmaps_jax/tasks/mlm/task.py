@@ -45,7 +45,7 @@ def load_documents(data_cfg, seed: int):
   raise UserError(f'config.data.source must be builtin, text, tfds or prepared, got {source!r}')
 
 
-def _vocabulary(config, run: RunDir, train_docs, is_main: bool) -> str:
+def _vocabulary(config, run: RunDir, train_docs) -> str:
   """The tokenizer's vocab: configured, the init checkpoint's, or learned from the corpus."""
   vocab_source = tokenizers.tokenizer_source(config)
   if vocab_source is None and run.is_run() and files.isfile(run.vocab_file):
@@ -54,14 +54,12 @@ def _vocabulary(config, run: RunDir, train_docs, is_main: bool) -> str:
       raise UserError(f'config.data.vocab_size {config.data.vocab_size}: {run.vocab_file} was '
                       f'learned with vocab_size {saved}; use another workdir or the same value')
   if vocab_source is None:
-    # Every host learns the same vocabulary; only process 0 writes the run's.
-    vocab_source = run.vocab_file if is_main else os.path.join(tempfile.mkdtemp(), VOCAB)
+    # Every host learns the same vocabulary, outside the run: process 0 copies it in with the
+    # run's other files, once the config has been checked.
+    vocab_source = run.vocab_file
     if not files.isfile(vocab_source):
-      with tempfile.TemporaryDirectory() as tmp:  # the learner writes local files only
-        local = mlm_data.train_wordpiece_vocab(train_docs, config.data.vocab_size,
-                                               os.path.join(tmp, VOCAB))
-        files.makedirs(files.path(vocab_source).parent)
-        files.copy(local, vocab_source)
+      vocab_source = mlm_data.train_wordpiece_vocab(
+          train_docs, config.data.vocab_size, os.path.join(tempfile.mkdtemp(), VOCAB))
   return vocab_source
 
 
@@ -95,12 +93,13 @@ def build_task(config, workdir: str):
     vocab_source = config.get('tokenizer') or corpus.vocab_file
   else:
     train_docs, valid_docs = load_documents(config.data, config.seed)
-    vocab_source = _vocabulary(config, run, train_docs, is_main)
+    vocab_source = _vocabulary(config, run, train_docs)
   tokenizer = tokenizers.load_tokenizer_for_packing(vocab_source)
   model_cfg, params = initial_model.load(config, 'BertForMaskedLM', vocab_size=len(tokenizer))
   if model_cfg.vocab_size < len(tokenizer):
     raise UserError(f'tokenizer {vocab_source} has {len(tokenizer)} tokens, more than the '
                     f'model\'s vocab_size {model_cfg.vocab_size}')
+  loop.check_config(config, model_cfg)
   run.check_resumable(model_cfg)
   if is_main:
     run.write_run_files(config, model_cfg, vocab_source)
