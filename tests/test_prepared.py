@@ -2,6 +2,9 @@
 
 import json
 import os
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,6 +13,8 @@ from bitmaps_jax import cli
 from bitmaps_jax.errors import UserError
 from bitmaps_jax.tasks.mlm import data as mlm_data
 from bitmaps_jax.tasks.mlm import prepared
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize('n', [1, 2, 7, 64, 1000, 4097])
@@ -118,3 +123,34 @@ def test_train_from_a_prepared_corpus(tmp_path, corpus_files, mlm_config):
   config.max_seq_length = 64
   with pytest.raises(SystemExit):
     cli.train(config, str(tmp_path / 'run2'))
+
+
+@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_preparation_in_one_line_and_a_rerun_resumes(tmp_path, corpus_files, sig):
+  """Ctrl-C (the whole process group) or SIGTERM (the parent) once a shard is written: the
+  workers end without a traceback, one line says how far it got, the same command finishes."""
+  docs, vocab = corpus_files
+  text = tmp_path / 'many.txt'
+  text.write_text('\n'.join(docs * 20) + '\n')
+  out = tmp_path / 'corpus'
+  command = [sys.executable, '-m', 'bitmaps_jax', 'prepare_corpus', f'--vocab={vocab}',
+             f'--out={out}', f'--files={text}', '--text_format=lines', '--max_seq_length=32',
+             '--docs_per_shard=20', '--validation_documents=20', '--processes=2']
+  proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, start_new_session=True)
+  for line in proc.stdout:
+    if 'shards' in line:  # the first shard is written
+      break
+  if sig == signal.SIGINT:
+    os.killpg(proc.pid, sig)  # what Ctrl-C in a terminal does
+  else:
+    proc.send_signal(sig)
+  _, err = proc.communicate(timeout=120)
+  lines = err.strip().splitlines()
+  assert proc.returncode == 2, err[-3000:]
+  assert len(lines) == 1 and 'preparation stopped after' in lines[0], err[-3000:]
+  assert 'run the same command to resume' in lines[0]
+  assert not [n for n in os.listdir(out) if '.tmp' in n]
+  again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert prepared.PreparedCorpus(str(out)).manifest['stats']['documents'] == 6000

@@ -19,6 +19,7 @@ and the order and masks are computed here from (seed, epoch, step, global row) w
 work, which is what resuming exactly and per-host sharding need.
 """
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -277,6 +278,41 @@ def _tokenize_chunk(args):
   return windows, n_tokens, len(docs)
 
 
+def _ignore_sigint():
+  """In each worker: Ctrl-C reaches the whole process group, and only the parent acts on it
+  (it ends the workers); a worker's own KeyboardInterrupt is pages of tracebacks."""
+  import signal
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class _Stop(BaseException):
+  pass
+
+
+@contextlib.contextmanager
+def _signals_stop(error):
+  """SIGTERM / SIGINT end the preparation between shards: the workers are ended (leaving the
+  Pool's context) and `error(signal name)` is raised; the shards written so far stay, and a
+  re-run resumes after them."""
+  import signal
+  import threading
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+
+  def stop(signum, frame):
+    raise _Stop(signal.Signals(signum).name)
+
+  previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    yield
+  except _Stop as e:
+    raise error(e.args[0]) from None
+  finally:
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
+
+
 def _write_json(path, obj):
   files.write_text(path, json.dumps(obj, indent=2))
 
@@ -329,13 +365,22 @@ def prepare(documents: Sequence[str], vocab: str, out_dir: str, max_seq_length: 
   todo = [j for j in jobs if j[0] not in done['shards']]
   t0, tokens_now = time.time(), 0
   # spawn, not fork: the parent has JAX's threads running, and forking them can deadlock.
-  with multiprocessing.get_context('spawn').Pool(processes or os.cpu_count()) as pool:
+  with _signals_stop(lambda name: UserError(
+      f'{out_dir}: {name}: preparation stopped after {len(done["shards"])} of {len(jobs)} '
+      f'shards; run the same command to resume from there')), \
+      multiprocessing.get_context('spawn').Pool(processes or os.cpu_count(),
+                                                initializer=_ignore_sigint) as pool:
     chunks = ((documents[a:b], vocab, max_seq_length) for _, _, a, b in todo)
     for (name, split, a, b), (windows, n_tokens, n_docs) in zip(todo,
                                                                 pool.imap(_tokenize_chunk, chunks)):
       path = os.path.join(out_dir, name)
-      np.save(path + '.tmp.npy', windows.astype(dtype))
-      os.replace(path + '.tmp.npy', path)
+      try:
+        np.save(path + '.tmp.npy', windows.astype(dtype))
+        os.replace(path + '.tmp.npy', path)
+      except BaseException:
+        if os.path.exists(path + '.tmp.npy'):
+          os.remove(path + '.tmp.npy')
+        raise
       done['shards'][name] = {'file': name, 'split': split, 'windows': int(len(windows)),
                               'tokens': int(n_tokens), 'documents': int(n_docs),
                               'bytes': int(os.path.getsize(path))}
