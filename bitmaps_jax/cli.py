@@ -124,9 +124,9 @@ def train(config, workdir: str) -> dict:
   try:
     with loop.StartupSignals():
       # One run per workdir; on several hosts, process 0 holds the lock for all of them.
-      with (RunDir(workdir).lock('train') if jax.process_index() == 0
-            else contextlib.nullcontext()):
-        result = tasks.run(config, workdir)
+      run = RunDir(workdir)
+      with run.lock('train') if jax.process_index() == 0 else contextlib.nullcontext():
+        result = tasks.run(config, run)
   except UserError as e:
     if fresh:  # a workdir this command made and left empty (config refused): not left behind
       with contextlib.suppress(OSError):

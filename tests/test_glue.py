@@ -240,19 +240,19 @@ def test_perturbed_copies_are_distilled_but_not_in_the_task_loss(tmp_path, glue_
   batch = task.train_batch(0)
   rng = jax.random.PRNGKey(0)
   with_labels = task.batch_metrics(task.params, dict(batch, label_weights=np.ones_like(batch['weights'])), rng,
-                          False, task.teacher_params)
+                          False, task.frozen)
   without = task.batch_metrics(task.params, dict(batch, label_weights=np.zeros_like(batch['weights'])), rng,
-                      False, task.teacher_params)
+                      False, task.frozen)
   assert float(with_labels['loss']) > 0 and float(without['loss']) == 0.0
   cfg.distill.kd_weight = 1.0
   task, _ = finetuning.build_task(cfg, str(tmp_path / 'student'))
   kd_only = task.batch_metrics(task.params, dict(batch, label_weights=np.zeros_like(batch['weights'])), rng,
-                      False, task.teacher_params)
+                      False, task.frozen)
   assert float(kd_only['loss']) == pytest.approx(float(kd_only['kd'])) and kd_only['kd'] > 0
   cfg.distill.update(kd_weight=0.0, attention_weight=1.0)
   task, _ = finetuning.build_task(cfg, str(tmp_path / 'student'))
   att_only = task.batch_metrics(task.params, dict(batch, label_weights=np.zeros_like(batch['weights'])),
-                       rng, False, task.teacher_params)
+                       rng, False, task.frozen)
   assert float(att_only['loss']) == pytest.approx(float(att_only['attention_kl']), rel=1e-5)
   assert att_only['attention_kl'] > 0  # the binarized student attends differently
   # Copies from the teacher's word-embedding neighbours: every replacement is a vocabulary word.

@@ -8,10 +8,11 @@ from bitmaps_jax.errors import UserError
 RUNNERS = {'mlm': 'bitmaps_jax.tasks.mlm.task', 'glue': 'bitmaps_jax.tasks.glue.task'}
 
 
-def run(config, workdir: str) -> dict:
-  """Trains the config's task into `workdir`; returns the final validation metrics.
+def run(config, run) -> dict:
+  """Trains the config's task into `run` (a RunDir or its path); returns the final validation
+  metrics.
   Raises `UserError` for mistakes the user can fix."""
   task = config.get('task', 'mlm')
   if task not in RUNNERS:
     raise UserError(f'config.task: unknown task {task!r}; expected one of {", ".join(RUNNERS)}')
-  return importlib.import_module(RUNNERS[task]).run(config, workdir)
+  return importlib.import_module(RUNNERS[task]).run(config, run)

@@ -134,14 +134,16 @@ class Task:
   """What the loop needs to know about a task."""
   model_config: BertConfig
   params: Any
-  # (params, batch, rng, train, teacher_params) -> {'loss': sum, 'count': n, ...}
+  # (params, batch, rng, train, frozen) -> {'loss': sum, 'count': n, ...}
   batch_metrics: Callable
   train_batch: Callable[[int], dict]  # step -> this process's rows of the global batch
   eval_batches: Callable[[], Iterable[dict]]
   items_per_step: int  # tokens (MLM) or examples (GLUE) per global batch, for throughput
   unit: str = 'tok'
   eval_fn: Optional[Callable] = None  # (params) -> metrics dict; replaces the sums-based eval
-  teacher_params: Any = None  # read-only params the steps need (a distillation teacher)
+  # A pytree the steps read but never train, handed to batch_metrics as `frozen` (GLUE: the
+  # distillation teacher's params); the loop does not look inside.
+  frozen: Any = None
 
 
 def validate_loop_config(config):
@@ -212,8 +214,8 @@ def make_train_step_fn(task: Task, mesh):
   raw_step = parallel.make_train_step(task.batch_metrics, mesh, donate=False,
                                       skip_nonfinite=True)
 
-  def step(state, batch, rng, teacher, log, step_number):
-    kept, sums, grad_norm = raw_step(state, batch, rng, teacher)
+  def step(state, batch, rng, frozen, log, step_number):
+    kept, sums, grad_norm = raw_step(state, batch, rng, frozen)
     finite = jnp.isfinite(sums['loss']) & jnp.isfinite(grad_norm)
     bad_loss = jnp.where(finite, log['bad_loss'], sums['loss'].astype(jnp.float32))
     sums = jax.tree_util.tree_map(lambda x: jnp.where(finite, x, jnp.zeros_like(x)), sums)
@@ -227,7 +229,7 @@ def make_train_step_fn(task: Task, mesh):
     return kept, log
 
   step = jax.jit(step, donate_argnums=(0, 4))
-  step.raw = raw_step  # (state, batch, rng, teacher) -> (state, sums, grad norm)
+  step.raw = raw_step  # (state, batch, rng, frozen) -> (state, sums, grad norm)
   return step
 
 
@@ -252,32 +254,33 @@ def empty_log(sums_shape) -> dict:
           'grad_norm': jnp.zeros((), jnp.float32)}
 
 
-def evaluate(task: Task, params, eval_step, mesh, teacher=None) -> dict:
+def evaluate(task: Task, params, eval_step, mesh, frozen=None) -> dict:
   if task.eval_fn is not None:
     return task.eval_fn(params)
   total = None
   for batch in task.eval_batches():
     batch = parallel.global_batch(mesh, batch)
-    total = metrics.add(total, jax.device_get(eval_step(params, batch, teacher)))
+    total = metrics.add(total, jax.device_get(eval_step(params, batch, frozen)))
   if total is None:
     raise UserError('validation split yields no batches')
   return metrics.means(total)
 
 
-def train_and_evaluate(config, workdir: str, task: Task) -> dict:
-  """Trains `task` to `config.num_train_steps`, resuming from workdir/checkpoints if present.
+def train_and_evaluate(config, run, task: Task) -> dict:
+  """Trains `task` to `config.num_train_steps` in `run` (a RunDir or its path), resuming from
+  its checkpoints if present.
 
   Ordinary steps make no device-to-host transfer: metrics, the finite flag and the skipped
   count stay on the device and are read every `log_every_steps` (and before each save).
   Returns the final validation metrics.
   """
   validate_loop_config(config)
-  run = RunDir(workdir)
+  run = RunDir.of(run)
   mesh = parallel.data_mesh()
   total = config.num_train_steps
   is_main = jax.process_index() == 0
   state, schedules = make_state(config, task, mesh)
-  teacher = parallel.replicate(mesh, task.teacher_params)
+  frozen = parallel.replicate(mesh, task.frozen)
   store = run.checkpoint_store(keep=config.get('keep_checkpoints', 3),
                                async_save=config.get('async_checkpoints', False))
   dropout_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
@@ -298,7 +301,7 @@ def train_and_evaluate(config, workdir: str, task: Task) -> dict:
     latest, state, meta = restored
     start = int(meta['step'])
     dropout_key = jnp.asarray(np.asarray(meta['dropout_key'], np.uint32))
-  reporter = reporting.Reporter(workdir, total, enabled=is_main, resume_step=start)
+  reporter = reporting.Reporter(run, total, enabled=is_main, resume_step=start)
   if latest is not None:
     reporter.message(f'resuming from {store.directory}/{latest} (step {start})')
   train_step = make_train_step_fn(task, mesh)
@@ -329,68 +332,66 @@ def train_and_evaluate(config, workdir: str, task: Task) -> dict:
   log, log_shapes, t_last, skipped_total = None, None, time.time(), 0
   prefetch = Prefetcher(lambda step: parallel.global_batch(mesh, task.train_batch(step)),
                         start, total, depth=config.get('prefetch_batches', 2))
-  stop = StopSignal()
   try:
-    stop.__enter__()
-    for _ in range(start, total):
-      step, batch = prefetch.next()
-      done = step + 1
-      if log is None:
-        if log_shapes is None:
-          log_shapes = jax.eval_shape(train_step.raw, state, batch, dropout_key, teacher)[1]
-        log = empty_log(log_shapes)
-      state, log = train_step(state, batch, jax.random.fold_in(dropout_key, step), teacher, log,
-                              np.int32(done))
-      boundary = done % config.checkpoint_every_steps == 0 or done == total
-      if done % config.log_every_steps == 0 or boundary or done % config.eval_every_steps == 0:
-        host = jax.device_get(log)
-        check_finite(host)
-      if done % config.log_every_steps == 0 or done == total:
-        elapsed = max(time.time() - t_last, 1e-9)
-        steps, skipped = int(host['steps']), int(host['skipped'])
-        skipped_total += skipped
-        if skipped:
-          reporter.message(f'step {done}: {skipped} non-finite step(s) skipped')
-        if steps:
-          point = metrics.means(host['sums'])
-          point.update({('learning_rate' if g == 'weights' else f'learning_rate_{g}'):
-                        float(s(step)) for g, s in schedules.items()})
-          point.update(grad_norm=float(host['grad_norm']),
-                       **{f'{task.unit}_per_s': steps * task.items_per_step / elapsed})
-          if initial_params is not None:
-            point['sign_flip_fraction'] = float(flips(state.params, initial_params))
-          if skipped_total:
-            point['skipped_steps'] = skipped_total
-          reporter.write(done, 'train', point)
-          reporter.progress(done, point['loss'], point[f'{task.unit}_per_s'], task.unit)
-        log, t_last = None, time.time()
-      if done % config.eval_every_steps == 0 or done == total:
-        valid = evaluate(task, state.params, eval_step, mesh, teacher)
-        reporter.write(done, 'valid', valid)
-        reporter.message(f'step {done} valid ' +
-                         ' '.join(f'{k} {v:.4f}' for k, v in valid.items()))
-        t_last = time.time()
-      if boundary:
-        save(done)
-      if done < total and stop.should_stop(done):
-        check_finite(jax.device_get(log) if log is not None else {'first_bad': -1})
-        if not boundary:
+    with StopSignal() as stop:
+      for _ in range(start, total):
+        step, batch = prefetch.next()
+        done = step + 1
+        if log is None:
+          if log_shapes is None:
+            log_shapes = jax.eval_shape(train_step.raw, state, batch, dropout_key, frozen)[1]
+          log = empty_log(log_shapes)
+        state, log = train_step(state, batch, jax.random.fold_in(dropout_key, step), frozen, log,
+                                np.int32(done))
+        boundary = done % config.checkpoint_every_steps == 0 or done == total
+        if done % config.log_every_steps == 0 or boundary or done % config.eval_every_steps == 0:
+          host = jax.device_get(log)
+          check_finite(host)
+        if done % config.log_every_steps == 0 or done == total:
+          elapsed = max(time.time() - t_last, 1e-9)
+          steps, skipped = int(host['steps']), int(host['skipped'])
+          skipped_total += skipped
+          if skipped:
+            reporter.message(f'step {done}: {skipped} non-finite step(s) skipped')
+          if steps:
+            point = metrics.means(host['sums'])
+            point.update({('learning_rate' if g == 'weights' else f'learning_rate_{g}'):
+                          float(s(step)) for g, s in schedules.items()})
+            point.update(grad_norm=float(host['grad_norm']),
+                         **{f'{task.unit}_per_s': steps * task.items_per_step / elapsed})
+            if initial_params is not None:
+              point['sign_flip_fraction'] = float(flips(state.params, initial_params))
+            if skipped_total:
+              point['skipped_steps'] = skipped_total
+            reporter.write(done, 'train', point)
+            reporter.progress(done, point['loss'], point[f'{task.unit}_per_s'], task.unit)
+          log, t_last = None, time.time()
+        if done % config.eval_every_steps == 0 or done == total:
+          valid = evaluate(task, state.params, eval_step, mesh, frozen)
+          reporter.write(done, 'valid', valid)
+          reporter.message(f'step {done} valid ' +
+                           ' '.join(f'{k} {v:.4f}' for k, v in valid.items()))
+          t_last = time.time()
+        if boundary:
           save(done)
-        store.wait()
-        store.close()
-        reporter.close()
-        raise Preempted(f'{stop.received}: stopped after step {done}; checkpoint '
-                        f'{store.directory}/{done} saved; run the same command to resume')
+        if done < total and stop.should_stop(done):
+          check_finite(jax.device_get(log) if log is not None else {'first_bad': -1})
+          if not boundary:
+            save(done)
+          store.wait()
+          store.close()
+          reporter.close()
+          raise Preempted(f'{stop.received}: stopped after step {done}; checkpoint '
+                          f'{store.directory}/{done} saved; run the same command to resume')
   finally:
-    stop.__exit__()
     prefetch.close()
   if start >= total:
-    valid = evaluate(task, state.params, eval_step, mesh, teacher)
+    valid = evaluate(task, state.params, eval_step, mesh, frozen)
     reporter.message('already trained to num_train_steps; valid ' +
                      ' '.join(f'{k} {v:.4f}' for k, v in valid.items()))
   store.wait()
   store.close()
   if is_main:
-    reporting.plot_losses(workdir)
+    reporting.plot_losses(run)
   reporter.close()
   return valid

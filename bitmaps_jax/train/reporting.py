@@ -12,24 +12,26 @@ import sys
 import time
 
 from bitmaps_jax import files
-from bitmaps_jax.train.rundir import LOSS_PLOT, METRICS, TENSORBOARD
+from bitmaps_jax.train.rundir import LOSS_PLOT, TENSORBOARD, RunDir
 
 
 class Reporter:
   """Writes metric points and shows progress. `resume_step` drops points logged after it."""
 
-  def __init__(self, workdir: str, total_steps: int, enabled: bool = True, resume_step: int = 0):
-    self.workdir, self.total, self.enabled = workdir, total_steps, enabled
-    self.path = files.join(workdir, METRICS)
-    self._remote = files.is_remote(workdir)
+  def __init__(self, run, total_steps: int, enabled: bool = True, resume_step: int = 0):
+    """`run`: the RunDir (or its path) whose files the points go to."""
+    run = RunDir.of(run)
+    self.run, self.total, self.enabled = run, total_steps, enabled
+    self.path = run.metrics_file
+    self._remote = files.is_remote(run.path)
     self._lines = []  # a remote metrics.jsonl, rewritten whole at each point
     self._tb = self._staged = None
     self._t0, self._s0 = time.time(), resume_step
     self._tty = sys.stderr.isatty()
     if enabled:
-      files.makedirs(workdir)
+      files.makedirs(run.path)
       self._truncate_after(resume_step)
-      tb_dir = files.join(workdir, TENSORBOARD)
+      tb_dir = run.file(TENSORBOARD)
       if self._remote:
         self._staged = files.StagedDir(tb_dir)
         tb_dir = self._staged.local
@@ -100,19 +102,20 @@ def _hms(seconds: float) -> str:
   return f'{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}'
 
 
-def read_metrics(workdir: str):
-  path = files.join(workdir, METRICS)
+def read_metrics(run):
+  path = RunDir.of(run).metrics_file
   if not files.exists(path):
     return []
   return [json.loads(ln) for ln in files.read_text(path).splitlines() if ln.strip()]
 
 
-def plot_losses(workdir: str, out_name: str = LOSS_PLOT):
+def plot_losses(run, out_name: str = LOSS_PLOT):
   """Training and validation loss against step, from metrics.jsonl."""
+  run = RunDir.of(run)
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
-  points = read_metrics(workdir)
+  points = read_metrics(run)
   fig, ax = plt.subplots(figsize=(7, 4.5))
   for split, style in (('train', '-'), ('valid', 'o-')):
     xs = [p['step'] for p in points if p['split'] == split and 'loss' in p]
@@ -121,10 +124,10 @@ def plot_losses(workdir: str, out_name: str = LOSS_PLOT):
       ax.plot(xs, ys, style, label=f'{split} loss')
   ax.set_xlabel('step')
   ax.set_ylabel('loss')
-  ax.set_title(os.path.basename(files.absolute(workdir).rstrip('/')))
+  ax.set_title(os.path.basename(files.absolute(run.path).rstrip('/')))
   ax.grid(alpha=0.3)
   ax.legend()
-  path = files.join(workdir, out_name)
+  path = run.file(out_name)
   fig.tight_layout()
   png = io.BytesIO()
   fig.savefig(png, format='png', dpi=100)

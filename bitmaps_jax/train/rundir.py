@@ -72,6 +72,12 @@ class RunDir:
   def __init__(self, path: str):
     self.path = os.fspath(path)
 
+  @classmethod
+  def of(cls, run) -> 'RunDir':
+    """`run` itself when it is a RunDir, else the RunDir of that path: the entry point builds
+    the run directory once and hands it down; code called with a plain path still works."""
+    return run if isinstance(run, cls) else cls(run)
+
   def file(self, name: str) -> str:
     return files.join(self.path, name)
 

@@ -182,7 +182,7 @@ def make_batch_metrics(model, teacher_model, distill_cfg, labeled, regression=Fa
   return batch_metrics
 
 
-def build(config, workdir: str):
+def build(config, run):
   """(loop.Task, BertConfig, the run's config) for fine-tuning on `config.task_name`; writes
   the run's files. The run's config is `config` with its derived fields filled in."""
   for field in ('teacher_checkpoint', 'init_checkpoint'):
@@ -203,7 +203,7 @@ def build(config, workdir: str):
   data = load_data(config, tokenizer, teacher)
   config = derive_schedule(config, data.batches.steps_per_epoch)
   loop.check_config(config, model_cfg)
-  run = RunDir(workdir)
+  run = RunDir.of(run)
   run.check_resumable(model_cfg)
   if jax.process_index() == 0:
     run.write_run_files(config, model_cfg, vocab)
@@ -225,7 +225,7 @@ def build(config, workdir: str):
                                                     data.labeled, data.task.is_regression),
                    train_batch=data.batches.batch, eval_batches=lambda: [],
                    items_per_step=global_batch, unit='ex', eval_fn=eval_fn,
-                   teacher_params=teacher.params if teacher else None)
+                   frozen=teacher.params if teacher else None)
   if jax.process_index() == 0:
     mean_len = float(np.mean([len(t) for t in data.train_ids]))
     print(f'{data.task.name}: {len(data.train_ids)} train / {len(data.valid_ids)} '
@@ -235,12 +235,13 @@ def build(config, workdir: str):
   return task, model_cfg, config
 
 
-def build_task(config, workdir: str):
+def build_task(config, run):
   """(loop.Task, BertConfig) of `build`."""
-  task, model_cfg, _ = build(config, workdir)
+  task, model_cfg, _ = build(config, run)
   return task, model_cfg
 
 
-def run(config, workdir: str) -> dict:
-  task, _, config = build(config, workdir)
-  return loop.train_and_evaluate(config, workdir, task)
+def run(config, run_dir) -> dict:
+  run_dir = RunDir.of(run_dir)
+  task, _, config = build(config, run_dir)
+  return loop.train_and_evaluate(config, run_dir, task)

@@ -76,12 +76,12 @@ def make_batch_metrics(model):
   return batch_metrics
 
 
-def build_task(config, workdir: str):
+def build_task(config, run):
   """(loop.Task, BertConfig) for MLM pretraining with `config`; writes the run's files."""
   is_main = jax.process_index() == 0
   if not 0 < config.mask_prob < 1:
     raise UserError(f'mask_prob must be in (0, 1), got {config.mask_prob}')
-  run = RunDir(workdir)
+  run = RunDir.of(run)
   corpus = None
   if config.data.source == 'prepared':
     if not config.data.get('prepared_dir'):
@@ -139,7 +139,8 @@ def build_task(config, workdir: str):
   return task, model_cfg
 
 
-def run(config, workdir: str) -> dict:
-  """Pretrains per `config` into `workdir` (resuming if it holds checkpoints)."""
-  task, _ = build_task(config, workdir)
-  return loop.train_and_evaluate(config, workdir, task)
+def run(config, run_dir) -> dict:
+  """Pretrains per `config` into `run_dir` (resuming if it holds checkpoints)."""
+  run_dir = RunDir.of(run_dir)
+  task, _ = build_task(config, run_dir)
+  return loop.train_and_evaluate(config, run_dir, task)
