@@ -18,8 +18,16 @@ def test_quick_benchmark_runs(capsys, tmp_path):
   bench.main(['--quick', f'--sst2_train={train}', '--sst2_examples=20'])
   out = capsys.readouterr().out
   for heading in ('train step', 'by phase', 'XLA cost estimate', 'XLA memory analysis',
-                  'inference', 'bucketing'):
+                  'inference', 'bucketing', 'packed inference (MLM forward)'):
     assert heading in out
+  # The packed section: every shape has float32, the kernel and XLA rows for both
+  # binarizations, and PyTorch; the speed-up is float32's time over the row's.
+  packed = re.findall(r'tiny\s+(\d+x\d+)\s+(ours float32|packed [\w+]+, \w+|pytorch float32)\s+'
+                      r'([\d.]+) ms \(\s*([\d.]+)x faster\)', out)
+  for shape in ('1x4', '2x8'):
+    names = [r[1] for r in packed if r[0] == shape]
+    assert names[0] == 'ours float32' and names[-1] == 'pytorch float32', names
+    assert {'packed layers, xla', 'packed layers+emb, xla'} <= set(names), names
   for row in ('optimizer   ours', 'ours packed binary layers', 'ours packed layers+emb', 'pytorch float32',
               'SST-2 train (WordPiece tokens): 20 examples',
               'projected to the whole epoch of 40 examples'):

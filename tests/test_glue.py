@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -202,6 +203,15 @@ def test_finetune_distill_and_eval_cli(tmp_path, glue_config):
   lines = out.stdout.strip().splitlines()
   assert [l.split('\t')[1] for l in lines] == ['the cat runs', 'a red house']
   assert all(l.split('\t')[0] in ('0', '1') for l in lines)
+  # Sentences from standard input, in batches of one: the same predictions, and the rate.
+  out = subprocess.run([sys.executable, '-m', 'bitmaps_jax', 'predict', packed, '--vocab',
+                        os.path.join(student_dir, 'vocab.txt'), '--input=-', '--batch=1'],
+                       cwd=REPO, capture_output=True, text=True, env=env,
+                       input='the cat runs\r\n\na red house\n')
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.strip().splitlines() == lines
+  assert re.search(r'^2 examples in [\d.]+ s of model time \([\d.]+ examples/s, kernel '
+                   r'(ffi|xla)', out.stderr, re.M), out.stderr
 
 
 def test_perturbed_copies_are_seeded_edits_of_corpus_words():

@@ -107,15 +107,17 @@ def sign_matmul(x, p: PackedSigns):
 
 
 def binary_matmul(x, packed_signs: PackedSigns, scales):
-  """x @ W_b for a dense scheme's packed form: `scales` {'alpha', 'gamma'} (per_tensor,
-  per_channel, statistics after export) or {'g', 'h'} (rank1); the arithmetic is the
-  scheme's own, with the +-1 product done by the kernel."""
-  from bitmaps_jax.binary import schemes  # schemes import this module for the product
-  scheme = schemes.Rank1Dense() if 'g' in scales else schemes.PerChannel()
-  missing = set(scheme.scale_names) - set(scales)
-  if missing:
-    raise UserError(f'binary_matmul: scales {sorted(scales)} lack {sorted(missing)}')
-  return scheme.matmul(x, packed_signs, scales)
+  """x @ W_b for a dense scheme's packed form, the +-1 product done by the kernel: `scales`
+  {'alpha', 'gamma'} (per_tensor, per_channel, statistics after export: W_b = alpha B +
+  gamma, so alpha (x @ B) + gamma sum(x)) or {'g', 'h'} (rank1: W_b = (h g^T) * B, so
+  ((x * h) @ B) * g), as the schemes in binary/schemes.py compute them."""
+  names = {'g', 'h'} if 'g' in scales else {'alpha', 'gamma'}
+  if not names <= set(scales):
+    raise UserError(f'binary_matmul: scales {sorted(scales)} lack {sorted(names - set(scales))}')
+  s = {n: jnp.asarray(scales[n]).astype(x.dtype) for n in names}
+  if 'g' in s:
+    return sign_matmul(x * s['h'], packed_signs) * s['g']
+  return s['alpha'] * sign_matmul(x, packed_signs) + s['gamma'] * jnp.sum(x, -1, keepdims=True)
 
 
 def row_signs(p: PackedSigns, ids, dtype=jnp.float32):

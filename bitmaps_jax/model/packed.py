@@ -108,7 +108,8 @@ class PackedModel:
   """A model that runs from the packed file's bits: each binary matrix stays at 1 bit per
   weight in memory and is multiplied by a 1-bit kernel (`bitmaps_jax.kernels`) that reads
   the bits, never a float copy; word-embedding rows are looked up from their bits. The
-  other weights stay in the file's 16 bits.
+  other weights are cast once, at load, to the compute dtype (float32 unless the config says
+  otherwise), so no call converts them again.
 
       model = PackedModel.load('model.bmp')          # kernel='auto': the fastest here
       logits = model(input_ids, attention_mask, token_type_ids)
@@ -131,14 +132,12 @@ class PackedModel:
           matrix = matrix.T
         signs[key] = kernels.pack_signs(matrix, self.kernel)
       else:
-        floats[key] = jnp.asarray(_array_from_record(r))
+        floats[key] = jnp.asarray(_array_from_record(r), config.params_dtype)
     self.params = traverse_util.unflatten_dict(floats)
     self.packed_signs = traverse_util.unflatten_dict(signs)
     module = bert.build_model(config)
-    compute = config.params_dtype
 
     def forward(params, packed_signs, input_ids, attention_mask, token_type_ids):
-      params = jax.tree.map(lambda v: v.astype(compute), params)
       return module.apply({'params': params, PACKED: packed_signs}, input_ids,
                           attention_mask, token_type_ids, deterministic=True)
 

@@ -1,7 +1,7 @@
 """Side-by-side benchmarks: train-step throughput, packed-weight inference, bucketing.
 
     python -m bitmaps_jax bench [--quick] [--sizes minilm-l6-h384,bert-base] [--batch 8]
-        [--sections train,breakdown,cost,memory,inference,bucketing,input]
+        [--sections train,breakdown,cost,memory,inference,packed,bucketing,input]
         [--sst2_train GLUE/SST-2/train.tsv [--sst2_examples 4096]]
 
 Every figure is a median over repeats after warm-up, measured in one run on one machine;
@@ -24,6 +24,7 @@ import optax
 from absl import flags
 
 from bitmaps_jax import cli
+from bitmaps_jax import kernels as kernels_lib
 from bitmaps_jax.binary.schemes import BinarizeConfig
 from bitmaps_jax.errors import UserError
 from bitmaps_jax.model import bert
@@ -172,12 +173,147 @@ def torch_phase_seconds(config, batch, seq, repeats, phases=('forward', 'forward
   return {name: median_seconds(fns[name], repeats) for name in phases}
 
 
-def packed_model(config, params, float_dtype='float16'):
+def packed_model(config, params, float_dtype='float16', kernel='auto'):
   """The product's packed inference: params written as a packed file, loaded by PackedModel."""
   with tempfile.TemporaryDirectory() as tmp:
     path = os.path.join(tmp, 'model.bmp')
     packed_file.save_packed(config, params, path, float_dtype)
-    return packed_file.PackedModel.load(path)
+    return packed_file.PackedModel.load(path, kernel=kernel)
+
+
+PACKED_SHAPES = ((1, 16), (1, 64), (8, 128), (32, 128))
+
+
+def _torch_forward(config, ids):
+  """(run, weight bytes) of transformers' BertForMaskedLM in eval mode, or None."""
+  try:
+    import torch
+    import transformers
+  except ImportError:
+    return None
+  hf = transformers.BertConfig(**{k: getattr(config, k) for k in (
+      'vocab_size', 'hidden_size', 'num_hidden_layers', 'num_attention_heads',
+      'intermediate_size', 'max_position_embeddings')})
+  model = transformers.BertForMaskedLM(hf).eval()
+  tids = torch.tensor(np.asarray(ids), dtype=torch.long)
+
+  def run():
+    with torch.no_grad():
+      model(input_ids=tids)
+
+  return run, sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def packed_rows(size, shapes, repeats):
+  """{(batch, seq): [(name, seconds, weight bytes, XLA peak bytes)]}: one
+  MLM forward of `size`, ours float32 against the packed file through the 1-bit kernel and
+  through XLA (both binarizations), and PyTorch float32, each shape measured side by side."""
+  base = bert.model_config(size, architecture='BertForMaskedLM')
+  kernel = kernels_lib.resolve('auto')
+  candidates = [('ours float32', None, None)]
+  for label, binarize_cfg in (('layers', BinarizeConfig(layers=True)),
+                              ('layers+emb', BinarizeConfig(layers=True, embeddings='per_dim'))):
+    for k in dict.fromkeys((kernel, 'xla')):
+      candidates.append((f'packed {label}, {k}', binarize_cfg, k))
+  out = {shape: [] for shape in shapes}
+  for name, binarize_cfg, k in candidates:
+    if binarize_cfg is None:
+      params = bert.init_params(base, jax.random.PRNGKey(0), 8)
+      module = bert.build_model(base)
+      fwd = jax.jit(lambda p, x: module.apply({'params': p}, x))
+      call, lower = (lambda x: fwd(params, x)), (lambda x: fwd.lower(params, x))
+      wbytes = sum(int(v.nbytes) for v in jax.tree.leaves(params))
+    else:
+      cfg = base.replace(binarize=binarize_cfg)
+      model = packed_model(cfg, bert.init_params(cfg, jax.random.PRNGKey(0), 8), kernel=k)
+      call, lower, wbytes = model, model.lower, model.nbytes
+    for batch, seq in shapes:
+      ids, _ = _batch(base, batch, seq)
+      mem = lower(ids).compile().memory_analysis()
+      secs = median_seconds(lambda: jax.block_until_ready(call(ids)), repeats)
+      peak = mem.argument_size_in_bytes + mem.temp_size_in_bytes + mem.output_size_in_bytes
+      out[(batch, seq)].append((name, secs, wbytes, peak))
+    del call, lower
+  for batch, seq in shapes:
+    ids, _ = _batch(base, batch, seq)
+    torch_run = _torch_forward(base, ids)
+    if torch_run is not None:
+      run, nbytes = torch_run
+      out[(batch, seq)].append(('pytorch float32', median_seconds(run, repeats), nbytes,
+                                float('nan')))
+  return out
+
+
+_BINARIZE = {'float32': None, 'layers': BinarizeConfig(layers=True),
+             'layers+emb': BinarizeConfig(layers=True, embeddings='per_dim')}
+
+
+def rss_probe(size, path, kernel, batch, seq):
+  """Run in a fresh process: loads one model (`path` a packed file, 'float32' the float
+  model, '' nothing), runs one forward, prints the process's peak RSS in bytes."""
+  import resource
+  base = bert.model_config(size, architecture='BertForMaskedLM')
+  ids, _ = _batch(base, batch, seq)
+  if path == 'float32':
+    params = bert.init_params(base, jax.random.PRNGKey(0), 8)
+    jax.block_until_ready(jax.jit(bert.build_model(base).apply)({'params': params}, ids))
+  elif path:
+    jax.block_until_ready(packed_file.PackedModel.load(path, kernel=kernel)(ids))
+  with open('/proc/self/status') as f:
+    hwm = next(line for line in f if line.startswith('VmHWM:'))
+  print(int(hwm.split()[1]) * 1024)
+
+
+def _peak_rss(size, path, kernel, batch, seq) -> int:
+  import subprocess
+  code = (f'from bitmaps_jax.tools import bench; bench.rss_probe({size!r}, {path!r}, '
+          f'{kernel!r}, {batch}, {seq})')
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                       check=True)
+  return int(out.stdout.split()[-1])
+
+
+def peak_rss_rows(size, kernel, batch, seq):
+  """[(name, bytes over a process that loads nothing)] plus that baseline, each a fresh
+  process that loads one model and runs one forward."""
+  base_cfg = bert.model_config(size, architecture='BertForMaskedLM')
+  with tempfile.TemporaryDirectory() as tmp:
+    files = {}
+    for variant in ('layers', 'layers+emb'):
+      cfg = base_cfg.replace(binarize=_BINARIZE[variant])
+      files[variant] = os.path.join(tmp, f'{variant}.bmp')
+      packed_file.save_packed(cfg, bert.init_params(cfg, jax.random.PRNGKey(0), 8),
+                              files[variant])
+    baseline = _peak_rss(size, '', kernel, batch, seq)
+    rows = [('float32', _peak_rss(size, 'float32', kernel, batch, seq) - baseline)]
+    for variant in ('layers', 'layers+emb'):
+      for k in dict.fromkeys((kernel, 'xla')):
+        rows.append((f'{variant} {k}', _peak_rss(size, files[variant], k, batch, seq) -
+                     baseline))
+  return rows, baseline
+
+
+def packed_section(sizes, quick, repeats):
+  shapes = ((1, 4), (2, 8)) if quick else PACKED_SHAPES
+  kernel = kernels_lib.resolve('auto')
+  path = kernels_lib.ffi.cpu_path() if kernel == 'ffi' else jax.default_backend()
+  print(f'\n== packed inference (MLM forward): the 1-bit kernel ({kernel}, {path}) against '
+        'the XLA unpacking path, ours float32 and PyTorch float32; peak = XLA memory '
+        'analysis (arguments + temporaries + output), RSS = process growth after the row')
+  for size in sizes:
+    for (batch, seq), rows in packed_rows(size, shapes, repeats).items():
+      fp = rows[0][1]
+      for name, secs, wbytes, peak in rows:
+        mem = '' if np.isnan(peak) else f'  peak {peak / 2**20:7.1f} MiB'
+        print(f'{size:<16} {batch:>2}x{seq:<4} {name:<26} {secs * 1e3:9.2f} ms '
+              f'({fp / secs:5.2f}x faster)  weights {wbytes / 2**20:7.1f} MiB{mem}')
+    if quick:  # a fresh process per model: too slow for the CI check
+      continue
+    batch, seq = shapes[0]
+    rows, baseline = peak_rss_rows(size, kernel, batch, seq)
+    print(f'{size:<16} process peak RSS at {batch}x{seq}, a fresh process per model, over one '
+          f'that loads none ({baseline / 2**20:.1f} MiB): ' +
+          ', '.join(f'{name} +{b / 2**20:.1f} MiB' for name, b in rows))
 
 
 def inference_rows(size, batch, seq, repeats):
@@ -284,7 +420,8 @@ def sst2_lengths(path: str, sample: int, max_len: int):
   return lengths, len(ex.sentences), f'SST-2 train ({how} tokens)'
 
 
-SECTIONS = ('train', 'breakdown', 'cost', 'memory', 'inference', 'bucketing', 'input')
+SECTIONS = ('train', 'breakdown', 'cost', 'memory', 'inference', 'packed', 'bucketing',
+            'input')
 
 
 def _rss_bytes() -> int:
@@ -468,6 +605,7 @@ def _main(positional):
          'cost': lambda: cost_section(sizes, batch, seq),
          'memory': lambda: memory_section(sizes, batch, seq),
          'inference': lambda: inference_section(sizes, batch, seq, repeats),
+         'packed': lambda: packed_section(sizes, args.quick, repeats),
          'bucketing': lambda: bucketing_section(sizes[0], args.quick, args.sst2_train,
                                                 args.sst2_examples),
          'input': lambda: input_section(args.quick)}

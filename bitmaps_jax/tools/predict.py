@@ -5,12 +5,17 @@ computed from the file's bits.
     python -m bitmaps_jax predict MODEL_FILE --vocab RUN/vocab.txt "a sentence" ...
     python -m bitmaps_jax predict MODEL_FILE --vocab RUN/vocab.txt --pairs "one" "two" ...
     python -m bitmaps_jax predict MODEL_FILE --vocab RUN/vocab.txt --tsv PAIRS.tsv
+    python -m bitmaps_jax predict MODEL_FILE --vocab RUN/vocab.txt --input FILE|- [--batch 32]
 
 --pairs reads the sentences two at a time as pairs ([CLS] a [SEP] b [SEP]); --tsv reads a file
-of pairs, one `sentence one<TAB>sentence two` a line (UTF-8, LF or CRLF, no header).
+of pairs, one `sentence one<TAB>sentence two` a line (UTF-8, LF or CRLF, no header); --input
+reads sentences one per line from FILE (or standard input, `-`) as they arrive. Everything
+runs in batches of --batch; with a file or stdin the throughput goes to stderr at the end.
 """
 
+import itertools
 import sys
+import time
 
 from absl import flags
 
@@ -72,36 +77,74 @@ cli.define_once(flags.DEFINE_bool, 'pairs', False, 'Read the sentences two at a 
                 'sentence pairs.')
 cli.define_once(flags.DEFINE_string, 'tsv', '', 'A file of sentence pairs, two '
                 'tab-separated columns a line.')
+cli.define_once(flags.DEFINE_string, 'input', None,
+                'Read sentences from this file, one per line ("-": standard input).')
+cli.define_once(flags.DEFINE_integer, 'batch', 32, 'Examples per forward pass.')
+cli.define_once(flags.DEFINE_enum, 'kernel', 'auto', ['auto', 'ffi', 'pallas', 'xla'],
+                'How the packed bits are multiplied (auto: the fastest here).')
 
 _USAGE = ('usage: python -m bitmaps_jax predict MODEL_FILE --vocab=VOCAB '
-          '[SENTENCE ... | --pairs ONE TWO ... | --tsv=PAIRS.tsv]')
+          '[SENTENCE ... | --pairs ONE TWO ... | --tsv=PAIRS.tsv | --input=FILE|-]')
 
 
 def _format(prediction):
   return f'{prediction:.3f}' if isinstance(prediction, float) else f'{prediction}'
 
 
+def _lines(path):
+  """Non-empty lines of `path` (or stdin, `-`) as they arrive."""
+  if path == '-':
+    yield from (line.rstrip('\r\n') for line in sys.stdin if line.strip())
+    return
+  try:
+    with open(path, encoding='utf-8-sig') as f:
+      yield from (line.rstrip('\r\n') for line in f if line.strip())
+  except OSError as e:
+    raise UserError(f'{path}: cannot read sentences ({e.strerror})') from None
+
+
+def _examples(texts, FLAGS):
+  """(sentence, second sentence or None) pairs from the command line, --tsv or --input."""
+  sources = sum([bool(FLAGS.tsv), FLAGS.input is not None])
+  if sources > 1 or (sources and texts):
+    raise UserError('give sentences on the command line, --tsv or --input: one of them')
+  if FLAGS.tsv:
+    return zip(*read_pairs(FLAGS.tsv))
+  if FLAGS.input is not None:
+    return ((line, None) for line in _lines(FLAGS.input))
+  if FLAGS.pairs:
+    if not texts or len(texts) % 2:
+      raise UserError(f'--pairs needs sentences two at a time, got {len(texts)}')
+    return zip(texts[0::2], texts[1::2])
+  if not texts:
+    raise UserError(_USAGE)
+  return ((t, None) for t in texts)
+
+
 def _main(positional):
   FLAGS = flags.FLAGS
   if not positional or not FLAGS.vocab:
     raise UserError(_USAGE)
-  texts = positional[1:]
-  if FLAGS.tsv:
-    if texts:
-      raise UserError('--tsv reads the pairs from the file: give no sentences as well')
-    first, second = read_pairs(FLAGS.tsv)
-  elif FLAGS.pairs:
-    if not texts or len(texts) % 2:
-      raise UserError(f'--pairs needs sentences two at a time, got {len(texts)}')
-    first, second = texts[0::2], texts[1::2]
-  else:
-    if not texts:
-      raise UserError(_USAGE)
-    first, second = texts, None
-  model = PackedModel.load(positional[0])
-  rows = predict(model, load_tokenizer(FLAGS.vocab), first, FLAGS.max_seq_length, second)
-  for i, (sentence, prediction) in enumerate(rows):
-    print('\t'.join([_format(prediction), sentence] + ([second[i]] if second else [])))
+  if FLAGS.batch < 1:
+    raise UserError(f'--batch must be at least 1, got {FLAGS.batch}')
+  examples = iter(_examples(positional[1:], FLAGS))
+  model = PackedModel.load(positional[0], kernel=FLAGS.kernel)
+  tokenizer = load_tokenizer(FLAGS.vocab)
+  count, busy = 0, 0.0
+  while batch := list(itertools.islice(examples, FLAGS.batch)):
+    first = [a for a, _ in batch]
+    second = [b for _, b in batch] if batch[0][1] is not None else None
+    start = time.perf_counter()
+    rows = predict(model, tokenizer, first, FLAGS.max_seq_length, second)
+    busy += time.perf_counter() - start
+    count += len(rows)
+    for i, (sentence, prediction) in enumerate(rows):
+      print('\t'.join([_format(prediction), sentence] + ([second[i]] if second else [])),
+            flush=FLAGS.input == '-')
+  if FLAGS.tsv or FLAGS.input is not None:
+    rate = count / busy if busy else float('nan')
+    print(f'{count} examples in {busy:.2f} s of model time ({rate:.1f} examples/s, '
+          f'kernel {model.kernel}, batches of {FLAGS.batch})', file=sys.stderr)
 
 
 def main(argv=None):
