@@ -113,6 +113,9 @@ def quiet_library_logs():
   verbosity = flags.FLAGS['verbosity'] if 'verbosity' in flags.FLAGS else None
   if verbosity is None or not verbosity.present:
     logging.set_verbosity(logging.ERROR)
+    # gcsfs logs each failed request with a traceback, then raises it: reported once, by us.
+    import logging as python_logging
+    python_logging.getLogger('gcsfs').setLevel(python_logging.CRITICAL)
 
 
 def train(config, workdir: str) -> dict:

@@ -11,12 +11,66 @@ import errno
 import os
 import shutil
 import tempfile
+import threading
 
 from etils import epath
 
 
 def is_remote(path) -> bool:
   return '://' in os.fspath(path)
+
+
+# How long a command waits for a bucket's first answer before it says it cannot reach it.
+REMOTE_TIMEOUT_S = 30
+_REACHABLE = set()  # buckets that answered, checked once per process
+
+
+def _reason(error: BaseException) -> str:
+  """Why a remote store could not be reached, in words a user acts on."""
+  text = f'{type(error).__name__}: {error}'
+  if any(k in text for k in ('DefaultCredentialsError', 'credentials', '401', '403',
+                             'Unauthorized', 'Forbidden', 'RefreshError')):
+    return 'no credentials, or they do not allow it'
+  if any(k in text for k in ('ClientConnector', 'Cannot connect', 'DNS', 'Connection refused',
+                             'TimeoutError', 'timed out', 'Network is unreachable',
+                             'Name or service not known')):
+    return 'network unreachable'
+  return text.strip().splitlines()[0][:200]
+
+
+def check_reachable(p):
+  """For a remote path: one line (a `UserError`) when its bucket cannot be reached (no
+  credentials, no network) or does not exist, before any command waits on it; local paths
+  pass. The client's retries bound the time it takes."""
+  if not is_remote(p):
+    return
+  from bitmaps_jax.errors import UserError
+  scheme, rest = os.fspath(p).split('://', 1)
+  bucket = f'{scheme}://{rest.split("/", 1)[0]}'
+  if bucket in _REACHABLE:
+    return
+  timeout = float(os.environ.get('BITMAPS_JAX_REMOTE_TIMEOUT', REMOTE_TIMEOUT_S))
+  answer = []
+
+  def probe():
+    try:
+      answer.append(epath.Path(bucket).exists())
+    except Exception as e:  # noqa: BLE001 -- gcsfs, aiohttp and google-auth raise their own
+      answer.append(e)
+
+  # A daemon thread: the client's retries of an unreachable host may outlast the answer.
+  thread = threading.Thread(target=probe, daemon=True)
+  thread.start()
+  thread.join(timeout)
+  if not answer:
+    raise UserError(f'{p}: cannot reach {bucket} (no answer in {timeout:.0f} s: network '
+                    f'unreachable? BITMAPS_JAX_REMOTE_TIMEOUT sets the wait)')
+  found = answer[0]
+  if isinstance(found, Exception):
+    raise UserError(f'{p}: cannot reach {bucket} ({_reason(found)})')
+  if not found:
+    raise UserError(f'{p}: bucket {bucket} not found (or not visible with these credentials)')
+  _REACHABLE.add(bucket)
 
 
 def path(p) -> epath.Path:

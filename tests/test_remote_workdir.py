@@ -172,3 +172,27 @@ def test_prepared_corpus_in_a_bucket(gcs, tmp_path):
   copied = sorted(os.listdir(next((cache / 'prepared').iterdir())))
   assert set(listed) <= set(copied), (listed, copied)
   _no_local_gs(gcs['cwd'])
+
+
+def test_an_unreachable_bucket_is_one_line_in_bounded_time(gcs):
+  """A bucket that does not exist, and a store that does not answer (the fake GCS stopped):
+  train.py, eval.py and export say which path and why, exit 2, within the wait."""
+  missing = 'gs://missing-bucket/run'
+  for args in (['train.py', *TINY, f'--workdir={missing}'], ['eval.py', f'--workdir={missing}'],
+               ['-m', 'bitmaps_jax', 'export', missing, 'm.bmp']):
+    out = gcs['run'](*([_script(args[0])] if args[0].endswith('.py') else args[:1]), *args[1:])
+    err = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(err) == 1, out.stderr[-3000:]
+    assert 'bucket gs://missing-bucket not found' in err[0], err
+  dead = f'http://127.0.0.1:{_free_port()}'  # nothing listens there
+  env = dict(gcs['env'], STORAGE_EMULATOR_HOST=dead, TENSORSTORE_GCS_HTTP_URL=dead,
+             BITMAPS_JAX_REMOTE_TIMEOUT='5')
+  for args in ([_script('train.py'), *TINY, f'--workdir=gs://{BUCKET}/run'],
+               ['-m', 'bitmaps_jax', 'export', f'gs://{BUCKET}/run', 'm.bmp']):
+    t0 = time.time()
+    out = subprocess.run([sys.executable, *args], cwd=gcs['cwd'], env=env, capture_output=True,
+                         text=True, timeout=300)
+    err = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(err) == 1, out.stderr[-3000:]
+    assert f'cannot reach gs://{BUCKET}' in err[0] and 'no answer in 5 s' in err[0], err
+    assert time.time() - t0 < 60

@@ -107,6 +107,7 @@ class RunDir:
 
   def _read_json(self, name: str, what: str):
     path = self.file(name)
+    files.check_reachable(path)
     if not files.isfile(path):
       raise UserError(f'{self.path}: not a run directory (no {name})')
     try:
@@ -197,6 +198,7 @@ class RunDir:
   def create(self):
     """Makes the directory, or says in one line why it cannot be written."""
     if files.is_remote(self.path):
+      files.check_reachable(self.path)
       files.makedirs(self.path)  # a prefix in a bucket: permissions show at the first write
       return
     if os.path.exists(self.path) and not os.path.isdir(self.path):
