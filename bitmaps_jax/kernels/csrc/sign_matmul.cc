@@ -36,20 +36,60 @@ namespace {
 constexpr int kGroupBlock = 64;  // groups of 4 inputs per pass: 8 tokens' tables stay in L1
 constexpr int kTokenTile = 8;
 
-// Eight-entry tables for tokens [m0, m1): tables[(m - m0) * G + g][e].
-void BuildTables(const float* x, int64_t K, int64_t G, int64_t m0, int64_t m1, float* tables) {
+// Eight-entry tables for tokens [m0, m1): tables[(m - m0) * G + g][e] (`width` floats apart:
+// 8, or 16 with the negated copy in the second half, for AVX-512).
+// Tables of group g of one row (`width` floats apart: 8, or 16 with the negated copy in the
+// second half, for AVX-512); inputs past the row's end count as 0.
+void TailGroup(const float* row, int64_t K, int64_t g, int width, float* t) {
+  float v[4];
+  for (int i = 0; i < 4; ++i) v[i] = 4 * g + i < K ? row[4 * g + i] : 0.0f;
+  for (int e = 0; e < 8; ++e) {
+    const float s = v[3] + ((e & 1) ? v[0] : -v[0]) + ((e & 2) ? v[1] : -v[1]) +
+                    ((e & 4) ? v[2] : -v[2]);
+    t[g * width + e] = s;
+    if (width == 16) t[g * width + 8 + e] = -s;
+  }
+}
+
+void BuildTablesPortable(const float* x, int64_t K, int64_t G, int64_t m0, int64_t m1,
+                         int width, float* tables) {
+  for (int64_t m = m0; m < m1; ++m)
+    for (int64_t g = 0; g < G; ++g) TailGroup(x + m * K, K, g, width, tables + (m - m0) * G * width);
+}
+
+#ifdef BITMAPS_X86
+// The same sums, eight entries at once: x3 + s0 x0 + s1 x1 + s2 x2 with s_i = +-1 per entry,
+// added in the portable path's order so both give identical tables.
+__attribute__((target("avx2,fma"))) void BuildTablesAvx2(const float* x, int64_t K, int64_t G,
+                                                         int64_t m0, int64_t m1, int width,
+                                                         float* tables) {
+  const __m256 s0 = _mm256_setr_ps(-1, 1, -1, 1, -1, 1, -1, 1);
+  const __m256 s1 = _mm256_setr_ps(-1, -1, 1, 1, -1, -1, 1, 1);
+  const __m256 s2 = _mm256_setr_ps(-1, -1, -1, -1, 1, 1, 1, 1);
+  const __m256 signbit = _mm256_set1_ps(-0.0f);
+  const int64_t full = K / 4;  // groups with all four inputs present
   for (int64_t m = m0; m < m1; ++m) {
     const float* row = x + m * K;
-    float* t = tables + (m - m0) * G * 8;
-    for (int64_t g = 0; g < G; ++g) {
-      float v[4];
-      for (int i = 0; i < 4; ++i) v[i] = 4 * g + i < K ? row[4 * g + i] : 0.0f;
-      for (int e = 0; e < 8; ++e) {
-        t[g * 8 + e] = v[3] + ((e & 1) ? v[0] : -v[0]) + ((e & 2) ? v[1] : -v[1]) +
-                       ((e & 4) ? v[2] : -v[2]);
-      }
+    float* t = tables + (m - m0) * G * width;
+    for (int64_t g = 0; g < full; ++g) {
+      const float* v = row + 4 * g;
+      __m256 s = _mm256_add_ps(_mm256_set1_ps(v[3]), _mm256_mul_ps(s0, _mm256_set1_ps(v[0])));
+      s = _mm256_add_ps(s, _mm256_mul_ps(s1, _mm256_set1_ps(v[1])));
+      s = _mm256_add_ps(s, _mm256_mul_ps(s2, _mm256_set1_ps(v[2])));
+      _mm256_storeu_ps(t + g * width, s);
+      if (width == 16) _mm256_storeu_ps(t + g * width + 8, _mm256_xor_ps(s, signbit));
     }
+    if (full < G) TailGroup(row, K, full, width, t);
   }
+}
+#endif
+
+void BuildTables(const float* x, int64_t K, int64_t G, int64_t m0, int64_t m1, int width,
+                 bool vector, float* tables) {
+#ifdef BITMAPS_X86
+  if (vector) return BuildTablesAvx2(x, K, G, m0, m1, width, tables);
+#endif
+  BuildTablesPortable(x, K, G, m0, m1, width, tables);
 }
 
 // Portable path: outputs of blocks [b0, b1) for tokens [m0, m0 + mt).
@@ -140,19 +180,6 @@ bool HasAvx2() {
 // partial sums kept in the output between blocks.
 constexpr int kGroupBlock512 = 32;
 
-// Sixteen-entry tables [T8, -T8] for tokens [m0, m1), built in place from the eight-entry
-// ones (each row's second half first, so nothing is overwritten before it is read).
-void BuildTables16(const float* x, int64_t K, int64_t G, int64_t m0, int64_t m1,
-                   float* tables) {
-  BuildTables(x, K, G, m0, m1, tables);  // [m1 - m0, G, 8] at the front
-  for (int64_t i = (m1 - m0) * G - 1; i >= 0; --i)
-    for (int e = 7; e >= 0; --e) {
-      const float v = tables[i * 8 + e];
-      tables[i * 16 + e] = v;
-      tables[i * 16 + 8 + e] = -v;
-    }
-}
-
 template <int MT>
 __attribute__((target("avx512f"))) void BlockAvx512(const float* tables, const uint32_t* w,
                                                     int64_t G, int64_t N, int64_t m0,
@@ -228,11 +255,7 @@ struct Work {
   int Width() const { return path == 2 ? 16 : 8; }
 
   void Build(int64_t m0, int64_t m1, float* tables) const {
-    if (path == 2) {
-      BuildTables16(x, K, G, m0, m1, tables);
-    } else {
-      BuildTables(x, K, G, m0, m1, tables);
-    }
+    BuildTables(x, K, G, m0, m1, Width(), path > 0, tables);
   }
 
   void Tile(int64_t m0, int64_t b0, int64_t b1, const float* tables) {
