@@ -154,6 +154,14 @@ CASES = [
      lambda r, t, s: ['train.py', *TINY, '--config.warmup_steps=50', '--config.learning_rate=7',
                       f'--workdir={t}/fresh'],
      'warmup_steps must be in [0, num_train_steps=6], got 50'),
+    ('resume-with-another-task', lambda r, t: _with_sst2_train(r, t),
+     lambda r, t, s: ['train.py', '--config=configs/glue.py:sst2,tiny', *r['glue_flags'][1:],
+                      f'--config.data_dir={s["data"]}', f'--workdir={s["run"]}'],
+     "config.task_name 'sst2': "),
+    ('resume-with-another-model-size', lambda r, t: {'run': _copy(r, 'glue', t)},
+     lambda r, t, s: ['train.py', *r['glue_flags'], '--config.model=mini',
+                      f'--workdir={s["run"]}'],
+     "config.model 'mini': "),
     ('every-checkpoint-damaged', lambda r, t: _damage_all(_copy(r, 'mlm', t)),
      lambda r, t, s: ['train.py', *TINY, '--config.num_train_steps=9', f'--workdir={s["run"]}'],
      'no checkpoint could be restored'),
@@ -166,6 +174,26 @@ CASES = [
      lambda r, t, s: ['-m', 'bitmaps_jax', 'export', str(s['run']), f'{t}/m.bmp'],
      'no checkpoint could be restored'),
 ]
+
+
+def _with_sst2_train(runs, tmp_path):
+  data = tmp_path / 'data'
+  shutil.copytree(runs['root'] / 'glue', data)
+  shutil.copy(data / 'SST-2' / 'dev.tsv', data / 'SST-2' / 'train.tsv')
+  return {'data': data, 'run': _copy(runs, 'glue', tmp_path)}
+
+
+def test_a_safe_change_on_resume_is_printed_and_recorded_in_the_run(runs, tmp_path):
+  run = _copy(runs, 'glue', tmp_path)
+  steps = json.loads((run / 'train_config.json').read_text())['num_train_steps']
+  out = _run(['train.py', *runs['glue_flags'], '--config.max_seq_length=20',
+              f'--config.num_train_steps={steps + 2}', f'--workdir={run}'])
+  assert out.returncode == 0, out.stderr[-2000:]
+  line = [l for l in out.stdout.splitlines() if l.startswith('resuming with changed settings')]
+  assert len(line) == 1 and 'max_seq_length 16 -> 20' in line[0], out.stdout
+  changes = [json.loads(l) for l in (run / 'config_changes.jsonl').read_text().splitlines()]
+  assert changes[-1]['changes']['max_seq_length'] == [16, 20]
+  assert changes[-1]['changes']['num_train_steps'] == [steps, steps + 2]
 
 
 def _delete_manifests(checkpoint):

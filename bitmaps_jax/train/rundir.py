@@ -10,6 +10,7 @@
     RUN/eval_<split>.json   eval.py's results
     RUN/run.lock            held while a process writes into the run
     RUN/params_only.json    where the params came from, in a run no training loop wrote
+    RUN/config_changes.jsonl  settings changed when the run was resumed (old -> new)
 """
 
 import contextlib
@@ -35,6 +36,22 @@ TENSORBOARD = 'tensorboard'
 LOSS_PLOT = 'train_val_loss.png'
 LOCK = 'run.lock'
 PARAMS_ONLY = 'params_only.json'
+CONFIG_CHANGES = 'config_changes.jsonl'
+
+# Training-config fields a resumed run must keep: another task trains the saved model on
+# other data (other sizes are also refused by shape, this names the field).
+RESUME_FIXED_FIELDS = ('task', 'task_name', 'model')
+
+
+def _flat(d: dict, prefix: str = '') -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out
+
 
 # Fields that decide the shapes of the params; a checkpoint only fits a model that shares them.
 SHAPE_FIELDS = ('architecture', 'vocab_size', 'hidden_size', 'num_hidden_layers',
@@ -151,15 +168,25 @@ class RunDir:
 
   # ------------------------------------------------------------------------- writing
 
-  def check_resumable(self, model_cfg: BertConfig):
-    """Refuses a run whose checkpoints belong to another model, before anything in it is
-    overwritten."""
+  def check_resumable(self, model_cfg: BertConfig, config=None):
+    """Refuses a run whose checkpoints belong to another model or task (`config`: the
+    requested training config), before anything in it is overwritten."""
     if not self.is_run() or not self.has_checkpoints():
       return
     if files.isfile(self.file(PARAMS_ONLY)):
       raise UserError(f'{self.path}: holds params only (see {PARAMS_ONLY}), no training state '
                       f'to resume; start a new workdir with --config.init_checkpoint='
                       f'{self.path}')
+    if config is not None and files.isfile(self.file(TRAIN_CONFIG)):
+      saved = self.train_config()
+      fields = list(RESUME_FIXED_FIELDS)
+      if saved.get('init_checkpoint') or config.get('init_checkpoint'):
+        fields.remove('model')  # the size comes from the checkpoint; compared by shape below
+      for field in fields:
+        if saved.get(field) != config.get(field):
+          raise UserError(f'config.{field} {config.get(field)!r}: {self.path} holds a run '
+                          f'with {field} {saved.get(field)!r}; use another workdir or the '
+                          f'same {field}')
     diff = shape_differences(self.model_config(), model_cfg, ' (saved)')
     if diff:
       raise UserError(f'{self.path}: holds checkpoints of another model ({"; ".join(diff)}); '
@@ -169,11 +196,28 @@ class RunDir:
     """What a later eval.py, export or init_checkpoint needs: the model and training configs
     and the vocabulary."""
     self.create()
+    if self.has_checkpoints() and files.isfile(self.file(TRAIN_CONFIG)):
+      self._record_changes(self.train_config(), config)
     files.write_text(self.file(MODEL_CONFIG), json.dumps(model_cfg.to_dict(), indent=2))
     files.write_text(self.file(TRAIN_CONFIG), config.to_json(indent=2))
     src = vocab_source if files.isfile(vocab_source) else files.join(vocab_source, VOCAB)
     if files.isfile(src) and files.absolute(src) != files.absolute(self.vocab_file):
       files.copy(src, self.vocab_file)
+
+  def _record_changes(self, saved, config):
+    """A resumed run's changed settings (those safe on resume): printed, and appended to
+    RUN/config_changes.jsonl, since train_config.json then holds only the new values."""
+    before, after = _flat(saved.to_dict()), _flat(config.to_dict())
+    changes = {k: [before.get(k), after.get(k)] for k in sorted(set(before) | set(after))
+               if before.get(k) != after.get(k)}
+    if not changes:
+      return
+    print('resuming with changed settings: ' + ', '.join(
+        f'{k} {old!r} -> {new!r}' for k, (old, new) in changes.items()), flush=True)
+    path = self.file(CONFIG_CHANGES)
+    previous = files.read_text(path) if files.isfile(path) else ''
+    entry = {'time': time.strftime('%Y-%m-%d %H:%M:%S'), 'changes': changes}
+    files.write_text(path, previous + json.dumps(entry) + '\n')
 
   def save_params(self, params, step: int, origin: dict):
     """A checkpoint of params alone (no optimizer or loop state), for a model that no

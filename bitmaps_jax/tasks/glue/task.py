@@ -204,7 +204,7 @@ def build(config, run):
   config = derive_schedule(config, data.batches.steps_per_epoch)
   loop.check_config(config, model_cfg)
   run = RunDir.of(run)
-  run.check_resumable(model_cfg)
+  run.check_resumable(model_cfg, config)
   if jax.process_index() == 0:
     run.write_run_files(config, model_cfg, vocab)
 

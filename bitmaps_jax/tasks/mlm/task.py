@@ -100,7 +100,7 @@ def build_task(config, run):
     raise UserError(f'tokenizer {vocab_source} has {len(tokenizer)} tokens, more than the '
                     f'model\'s vocab_size {model_cfg.vocab_size}')
   loop.check_config(config, model_cfg)
-  run.check_resumable(model_cfg)
+  run.check_resumable(model_cfg, config)
   if is_main:
     run.write_run_files(config, model_cfg, vocab_source)
 
