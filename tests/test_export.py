@@ -131,3 +131,51 @@ def test_corrupt_and_missing_files(tmp_path):
   path.write_bytes(b'PK\x03\x04' + data[4:])
   with pytest.raises(UserError, match='bad header'):
     export.load_packed(str(path))
+
+
+def _rewrite(path, edit):
+  """Rewrites the packed file's body with `edit(payload)` and a matching checksum, as a
+  hand edit of the stored config or tensors would."""
+  import msgpack
+  import zlib
+  data = path.read_bytes()
+  payload = msgpack.unpackb(data[export._HEADER.size:], raw=False)
+  edit(payload)
+  body = msgpack.packb(payload, use_bin_type=True)
+  path.write_bytes(export._HEADER.pack(export.MAGIC, zlib.crc32(body), len(body)) + body)
+
+
+def _edit_config(**changes):
+  import json
+
+  def edit(payload):
+    payload['config'] = json.dumps(dict(json.loads(payload['config']), **changes))
+  return edit
+
+
+def _edit_tensor(key, **changes):
+  def edit(payload):
+    payload['tensors'][key].update(changes)
+  return edit
+
+
+@pytest.mark.parametrize('edit,fragment', [
+    (_edit_config(intermediate_size=80),
+     'layer_0/intermediate/dense/bias has shape [64], the stored config gives [80]'),
+    (_edit_config(vocab_size=600),
+     'word_embeddings/embedding has shape [512, 32], the stored config gives [600, 32]'),
+    (_edit_tensor('bert/embeddings/LayerNorm/scale', dtype='float32'),
+     "LayerNorm/scale has dtype float32, the file's float_dtype is float16"),
+    (_edit_tensor('bert/embeddings/LayerNorm/scale', data=b'\0' * 8),
+     'LayerNorm/scale has 8 bytes of data, shape [32] in float16 needs 64'),
+    (_edit_tensor('bert/encoder/layer_0/intermediate/dense/kernel', packed_signs=b'\0' * 10),
+     'has 10 bytes of packed signs, shape [32, 64] needs 256'),
+])
+def test_a_tensor_that_disagrees_with_the_stored_config_is_named(tmp_path, edit, fragment):
+  cfg, params = _model('none')
+  path = tmp_path / 'model.bmp'
+  export.save_packed(cfg, params, str(path))
+  _rewrite(path, edit)
+  with pytest.raises(UserError, match='tensor ') as e:
+    export.read_packed(str(path))
+  assert str(e.value).startswith(f'{path}: tensor ') and fragment in str(e.value), e.value

@@ -83,7 +83,42 @@ def read_packed(path: str):
   expected = traverse_util.flatten_dict(bert.param_shapes(config))
   if set(expected) != set(records):
     raise UserError(f'{path}: tensors do not match the stored config')
+  float_dtype = payload.get('float_dtype')
+  if float_dtype not in FLOAT_DTYPES:
+    raise UserError(f'{path}: float_dtype {float_dtype!r} is not one of {", ".join(FLOAT_DTYPES)}')
+  for key in sorted(expected):
+    problem = _record_problem(records[key], tuple(expected[key].shape), float_dtype)
+    if problem:
+      raise UserError(f'{path}: tensor {"/".join(key)} {problem}')
   return config, records
+
+
+def _record_problem(record, shape: tuple, float_dtype: str) -> str:
+  """What is wrong with one tensor record against the shape the stored config gives it
+  ('' if nothing): a file edited by hand must fail here, not deep inside the model."""
+  if not isinstance(record, dict):
+    return 'is not a tensor record'
+  size = int(np.prod(shape))
+  want = f'the stored config gives {list(shape)}'
+  if _is_signs(record):
+    stored = record.get('shape')
+    if stored is None or [int(d) for d in stored] != list(shape):
+      return f'has shape {stored}, {want}'
+    nbytes = len(record['packed_signs'])
+    if nbytes != -(-size // 8):
+      return f'has {nbytes} bytes of packed signs, shape {list(shape)} needs {-(-size // 8)}'
+    return ''
+  if 'dtype' not in record or 'shape' not in record or 'data' not in record:
+    return 'lacks its dtype, shape or data'
+  if record['dtype'] != float_dtype:
+    return f'has dtype {record["dtype"]}, the file\'s float_dtype is {float_dtype}'
+  if [int(d) for d in record['shape']] != list(shape):
+    return f'has shape {record["shape"]}, {want}'
+  nbytes = len(record['data'])
+  need = size * jnp.dtype(float_dtype).itemsize
+  if nbytes != need:
+    return f'has {nbytes} bytes of data, shape {list(shape)} in {float_dtype} needs {need}'
+  return ''
 
 
 def _is_signs(record) -> bool:
