@@ -173,7 +173,82 @@ CASES = [
      lambda r, t: _damage_all(_copy(r, 'mlm', t), _truncate_data_files),
      lambda r, t, s: ['-m', 'bitmaps_jax', 'export', str(s['run']), f'{t}/m.bmp'],
      'no checkpoint could be restored'),
+    ('predict-packed-config-edited',
+     lambda r, t: {'file': _edited_packed(r, t, intermediate_size=80)},
+     lambda r, t, s: ['-m', 'bitmaps_jax', 'predict', str(s['file']),
+                      f'--vocab={r["glue"]}/vocab.txt', 'a red ball'],
+     'tensor bert/encoder/layer_0/intermediate/dense/bias has shape [64], the stored config '
+     'gives [80]'),
+    ('eval-packed-config-edited',
+     lambda r, t: {'file': _edited_packed(r, t, vocab_size=999)},
+     lambda r, t, s: ['eval.py', f'--workdir={_copy(r, "glue", t)}', f'--packed={s["file"]}'],
+     'tensor bert/embeddings/word_embeddings/embedding has shape ['),
+    ('eval-packed-mlm-model', lambda r, t: {'run': _copy(r, 'glue', t)},
+     lambda r, t, s: ['eval.py', f'--workdir={s["run"]}', f'--packed={_packed(r, "mlm")}'],
+     'the file holds a BertForMaskedLM (no classifier head); cola needs a '
+     'BertForSequenceClassification with num_labels 2'),
+    ('eval-packed-other-num-labels',
+     lambda r, t: {'file': _other_packed(r, t, num_labels=3)},
+     lambda r, t, s: ['eval.py', f'--workdir={_copy(r, "glue", t)}', f'--packed={s["file"]}'],
+     'the file holds a BertForSequenceClassification with num_labels 3; cola needs a '
+     'BertForSequenceClassification with num_labels 2'),
+    ('eval-packed-of-another-model-size',
+     lambda r, t: {'file': _other_packed(r, t, hidden_size=64, intermediate_size=128)},
+     lambda r, t, s: ['eval.py', f'--workdir={_copy(r, "glue", t)}', f'--packed={s["file"]}'],
+     'hidden_size 64 in the file, 32 in the run; intermediate_size 128 in the file, 64 in the '
+     'run)'),
+    ('eval-packed-of-another-vocabulary',
+     lambda r, t: {'file': _other_packed(r, t, vocab_size=100)},
+     lambda r, t, s: ['eval.py', f'--workdir={_copy(r, "glue", t)}', f'--packed={s["file"]}'],
+     'vocab_size 100 in the file, '),
+    ('predict-vocabulary-larger-than-the-model', lambda r, t: {'vocab': _vocab(t, 600)},
+     lambda r, t, s: ['-m', 'bitmaps_jax', 'predict', _packed(r, 'glue'),
+                      f'--vocab={s["vocab"]}', 'a red ball'],
+     'big.txt: the vocabulary has 600 tokens, the model '),
 ]
+
+
+def _packed(runs, name):
+  """The packed file of a finished run (exported once, as `export` writes it)."""
+  path = runs['root'] / f'{name}.bmp'
+  if not path.exists():
+    from bitmaps_jax.model import packed
+    from bitmaps_jax.train.rundir import RunDir
+    packed.save_packed(*RunDir(str(runs[name])).load_model(), str(path))
+  return str(path)
+
+
+def _edited_packed(runs, tmp_path, **changes):
+  """The GLUE run's packed file with `changes` made to its stored config and a checksum
+  that matches, as a hand edit would leave it."""
+  import msgpack
+  import zlib
+  from bitmaps_jax.model import packed
+  data = open(_packed(runs, 'glue'), 'rb').read()
+  payload = msgpack.unpackb(data[packed._HEADER.size:], raw=False)
+  payload['config'] = json.dumps(dict(json.loads(payload['config']), **changes))
+  body = msgpack.packb(payload, use_bin_type=True)
+  path = tmp_path / 'edited.bmp'
+  path.write_bytes(packed._HEADER.pack(packed.MAGIC, zlib.crc32(body), len(body)) + body)
+  return path
+
+
+def _other_packed(runs, tmp_path, **changes):
+  """A packed classifier like the GLUE run's, with `changes` to its model config."""
+  import jax
+  from bitmaps_jax.model import bert, packed
+  from bitmaps_jax.train.rundir import RunDir
+  cfg = RunDir(str(runs['glue'])).model_config().replace(**changes)
+  path = tmp_path / 'other.bmp'
+  packed.save_packed(cfg, bert.init_params(cfg, jax.random.PRNGKey(0)), str(path))
+  return path
+
+
+def _vocab(tmp_path, size):
+  specials = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]']
+  path = tmp_path / 'big.txt'
+  path.write_text('\n'.join(specials + [f'w{i}' for i in range(size - len(specials))]) + '\n')
+  return path
 
 
 def _with_sst2_train(runs, tmp_path):

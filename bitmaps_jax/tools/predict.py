@@ -23,7 +23,7 @@ import numpy as np
 
 from bitmaps_jax import cli
 from bitmaps_jax.errors import UserError
-from bitmaps_jax.model.packed import PackedModel
+from bitmaps_jax.model.packed import PackedModel, read_packed
 from bitmaps_jax.tasks.tokenizer import load_tokenizer
 
 
@@ -51,6 +51,15 @@ def predict(model: PackedModel, tokenizer, sentences, max_seq_length: int = 128,
     else:
       rows.append((sentence, float(np.linalg.norm(np.asarray(out.last_hidden_state[i, 0])))))
   return rows
+
+
+def check_vocabulary(vocab: str, num_tokens: int, model_file: str, vocab_size: int) -> None:
+  """Refuses a vocabulary with more tokens than the model has rows: its ids would index
+  past the embeddings (a smaller one is how a run may start from a larger checkpoint)."""
+  if num_tokens > vocab_size:
+    raise UserError(f'{vocab}: the vocabulary has {num_tokens} tokens, the model {model_file} '
+                    f'has vocab_size {vocab_size}; use the vocabulary of the run it was '
+                    f'exported from')
 
 
 def read_pairs(path: str):
@@ -128,8 +137,10 @@ def _main(positional):
   if FLAGS.batch < 1:
     raise UserError(f'--batch must be at least 1, got {FLAGS.batch}')
   examples = iter(_examples(positional[1:], FLAGS))
-  model = PackedModel.load(positional[0], kernel=FLAGS.kernel)
+  config, records = read_packed(positional[0])
   tokenizer = load_tokenizer(FLAGS.vocab)
+  check_vocabulary(FLAGS.vocab, len(tokenizer), positional[0], config.vocab_size)
+  model = PackedModel(config, records, kernel=FLAGS.kernel)
   count, busy = 0, 0.0
   while batch := list(itertools.islice(examples, FLAGS.batch)):
     first = [a for a, _ in batch]

@@ -14,7 +14,7 @@ from bitmaps_jax.model import bert, packed
 from bitmaps_jax.tasks import tokenizer as tokenizers
 from bitmaps_jax.tasks.glue import data as glue_data
 from bitmaps_jax.tasks.glue.distill import cross_entropy
-from bitmaps_jax.train import metrics, parallel
+from bitmaps_jax.train import metrics, parallel, rundir
 from bitmaps_jax.train.rundir import RunDir
 
 
@@ -122,6 +122,24 @@ def write_submission(task: glue_data.GlueTask, out_dir: str, idx, logits) -> str
   return path
 
 
+def check_packed_model(path: str, file_cfg: bert.BertConfig, task: glue_data.GlueTask,
+                       run_dir: str, run_cfg: bert.BertConfig) -> None:
+  """Refuses a packed file that cannot answer the task, or that is another model than the
+  run's: its results would be saved as this run's."""
+  classifier = file_cfg.architecture == 'BertForSequenceClassification'
+  if not classifier or file_cfg.num_labels != task.num_labels:
+    holds = file_cfg.architecture + (f' with num_labels {file_cfg.num_labels}' if classifier
+                                     else ' (no classifier head)')
+    raise UserError(f'{path}: the file holds a {holds}; {task.name} needs a '
+                    f'BertForSequenceClassification with num_labels {task.num_labels}')
+  # Packing may rewrite the dense scheme's granularity (the file holds per-channel scales).
+  differ = [d.replace(' vs ', ' in the file, ') + ' in the run'
+            for d in rundir.shape_differences(file_cfg, run_cfg)
+            if not d.startswith('binarize.granularity')]
+  if differ:
+    raise UserError(f'{path}: not a model of the run {run_dir} ({"; ".join(differ)})')
+
+
 def evaluate_run(run_dir: str, config, split: str, packed_file: str = '', step=None) -> dict:
   """Evaluates a fine-tuning run's latest checkpoint (or saved `step`, or the packed model
   file made from it) on `split`."""
@@ -135,7 +153,9 @@ def evaluate_run(run_dir: str, config, split: str, packed_file: str = '', step=N
   token_ids, token_types = glue_data.encode(examples, tokenizer, config.max_seq_length)
   mesh = parallel.data_mesh()
   if packed_file:
-    model = packed.PackedModel.load(packed_file)
+    file_cfg, records = packed.read_packed(packed_file)
+    check_packed_model(packed_file, file_cfg, task, run_dir, run.model_config())
+    model = packed.PackedModel(file_cfg, records)
     # The packed model runs on one device: the rows come back to the host first.
     run_packed = lambda _, batch: model(*(np.asarray(batch[k]) for k in (
         'input_ids', 'attention_mask', 'token_type_ids')))
