@@ -463,3 +463,15 @@ def test_a_full_disk_during_a_save_is_one_line_and_the_same_command_resumes(tmp_
   again = _run(command)
   assert again.returncode == 0, again.stderr[-3000:]
   assert f'resuming from {disk}/run/checkpoints/{max(int(n) for n in entries)}' in again.stderr
+
+
+def test_skipped_steps_never_save_a_non_finite_model(tmp_path):
+  # lr 1e30: the second step's finite update leaves params whose every later loss is NaN.
+  out = _run(['train.py', *TINY, '--config.learning_rate=1e30',
+              '--config.skip_nonfinite_steps=True', f'--workdir={tmp_path}/x'])
+  assert out.returncode == 2, out.stderr[-2000:]
+  last = out.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: step 3: validation loss nan') and 'not saved' in last, last
+  assert 'Traceback' not in out.stderr
+  assert not os.listdir(tmp_path / 'x' / 'checkpoints')
+  assert 'NaN' not in (tmp_path / 'x' / 'metrics.jsonl').read_text()

@@ -89,3 +89,32 @@ def test_ordinary_steps_make_no_host_transfer_and_batches_are_built_ahead(tmp_pa
   assert len(gets) == 2 + eval_batches, len(gets)
   # When step k is taken, the producer has already built at least k + 2 batches (2 ahead).
   assert all(n >= min(step + 3, 12) for step, n in used), used
+
+
+def test_an_update_that_overflows_is_skipped_and_a_run_that_trained_nothing_is_refused(
+    tmp_path):
+  # Finite loss and gradient, but a learning rate that overflows float32 makes the update
+  # infinite: the step must keep the old params, and with every step skipped nothing is saved.
+  config = _config(skip_nonfinite_steps=True, learning_rate=1e39)
+  with pytest.raises(trainer.NonFiniteError,
+                     match=r'steps 1-2: every step was skipped as non-finite \(first: step 1, '
+                           r'loss 8\.0.*nothing saved'):
+    trainer.train_and_evaluate(config, str(tmp_path), _task(bad_steps=set()))
+  assert not os.listdir(tmp_path / 'checkpoints')
+  metrics = tmp_path / 'metrics.jsonl'
+  assert not metrics.exists() or 'valid' not in metrics.read_text()
+
+
+def test_the_guard_keeps_the_last_finite_params_and_optimizer_state(tmp_path):
+  import jax
+  from bitmaps_jax.train import parallel
+  task, mesh = _task(bad_steps=set()), parallel.data_mesh()
+  state, _ = trainer.make_state(_config(learning_rate=1e39), task, mesh)
+  before = jax.device_get(state)
+  step = trainer.make_train_step_fn(task, mesh).raw
+  batch = parallel.global_batch(mesh, task.train_batch(0))
+  after, sums, grad_norm, applied = step(state, batch, jax.random.PRNGKey(0), None)
+  assert np.isfinite(float(sums['loss'])) and np.isfinite(float(grad_norm))
+  assert not bool(applied)
+  for old, new in zip(jax.tree_util.tree_leaves(before), jax.tree_util.tree_leaves(after)):
+    np.testing.assert_array_equal(np.asarray(old), np.asarray(new))

@@ -202,10 +202,13 @@ class Prefetcher:
     self._thread.join(timeout=5)
 
 
-def make_train_step_fn(task: Task, mesh):
-  """The data-parallel step with a guard (a non-finite step leaves the state unchanged) and
-  on-device bookkeeping: metric sums accumulate, skipped steps are counted and the first
-  non-finite step is recorded without any transfer to the host.
+def make_train_step_fn(task: Task, mesh, schedules: Optional[dict] = None):
+  """The data-parallel step with a guard (a step whose loss, gradient or updated state is not
+  finite leaves the state unchanged) and on-device bookkeeping: metric sums accumulate,
+  skipped steps are counted and the first non-finite step is recorded without any transfer to
+  the host. With `schedules` ({group: learning-rate schedule}) it also counts the applied
+  steps that could change the model (a learning rate above 0 in some group): a run whose
+  every such step was skipped has trained nothing.
 
   The guard is a conditional around the update inside the one compiled step, which donates
   the state and the log: the new params and Adam moments are written over the old ones
@@ -215,21 +218,25 @@ def make_train_step_fn(task: Task, mesh):
                                       skip_nonfinite=True)
 
   def step(state, batch, rng, frozen, log, step_number):
-    kept, sums, grad_norm = raw_step(state, batch, rng, frozen)
-    finite = jnp.isfinite(sums['loss']) & jnp.isfinite(grad_norm)
+    kept, sums, grad_norm, finite = raw_step(state, batch, rng, frozen)
     bad_loss = jnp.where(finite, log['bad_loss'], sums['loss'].astype(jnp.float32))
+    bad_grad_norm = jnp.where(finite, log['bad_grad_norm'], grad_norm.astype(jnp.float32))
     sums = jax.tree_util.tree_map(lambda x: jnp.where(finite, x, jnp.zeros_like(x)), sums)
+    moving = jnp.bool_(True) if schedules is None else jnp.any(jnp.stack(
+        [s(step_number - 1) > 0 for s in schedules.values()]))
     log = {'sums': jax.tree_util.tree_map(jnp.add, log['sums'], sums),
            'steps': log['steps'] + finite.astype(jnp.int32),
+           'trained': log['trained'] + (finite & moving).astype(jnp.int32),
            'skipped': log['skipped'] + (~finite).astype(jnp.int32),
            'first_bad': jnp.where((log['first_bad'] < 0) & ~finite, step_number,
                                   log['first_bad']),
            'bad_loss': bad_loss,
+           'bad_grad_norm': bad_grad_norm,
            'grad_norm': grad_norm}
     return kept, log
 
   step = jax.jit(step, donate_argnums=(0, 4))
-  step.raw = raw_step  # (state, batch, rng, frozen) -> (state, sums, grad norm)
+  step.raw = raw_step  # (state, batch, rng, frozen) -> (state, sums, grad norm, applied)
   return step
 
 
@@ -249,8 +256,9 @@ def make_state(config, task: Task, mesh):
 
 def empty_log(sums_shape) -> dict:
   zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), sums_shape)
-  return {'sums': zeros, 'steps': jnp.zeros((), jnp.int32), 'skipped': jnp.zeros((), jnp.int32),
-          'first_bad': jnp.full((), -1, jnp.int32), 'bad_loss': jnp.zeros((), jnp.float32),
+  return {'sums': zeros, 'steps': jnp.zeros((), jnp.int32), 'trained': jnp.zeros((), jnp.int32),
+          'skipped': jnp.zeros((), jnp.int32), 'first_bad': jnp.full((), -1, jnp.int32),
+          'bad_loss': jnp.zeros((), jnp.float32), 'bad_grad_norm': jnp.zeros((), jnp.float32),
           'grad_norm': jnp.zeros((), jnp.float32)}
 
 
@@ -304,7 +312,7 @@ def train_and_evaluate(config, run, task: Task) -> dict:
   reporter = reporting.Reporter(run, total, enabled=is_main, resume_step=start)
   if latest is not None:
     reporter.message(f'resuming from {store.directory}/{latest} (step {start})')
-  train_step = make_train_step_fn(task, mesh)
+  train_step = make_train_step_fn(task, mesh, schedules)
   eval_step = parallel.make_eval_step(task.batch_metrics, mesh)
   layout = binary_params.layout(task.model_config)
   flat_params = traverse_util.flatten_dict(task.params)
@@ -324,12 +332,40 @@ def train_and_evaluate(config, run, task: Task) -> dict:
       store.wait()
       good = store.latest_step()
       raise NonFiniteError(
-          f'step {first_bad}: non-finite loss or gradient (loss {float(log["bad_loss"])}); '
+          f'step {first_bad}: non-finite loss, gradient or update (loss '
+          f'{float(log["bad_loss"])}, gradient norm {float(log["bad_grad_norm"])}); '
           f'stopped, last good checkpoint: '
           f'{"none" if good is None else f"{store.directory}/{good}"}')
+    if first_bad >= 0 and not first_skip:
+      first_skip.extend([first_bad, float(log['bad_loss']), float(log['bad_grad_norm'])])
+
+  def check_trained(log, done):
+    """Before a save: a run whose every step (at a learning rate above 0) was skipped has
+    trained nothing, and saying so beats saving its checkpoint and metrics as a result."""
+    if trained_total + int(log['trained']) == 0 and skipped_total + int(log['skipped']) > 0:
+      store.wait()
+      bad, loss, norm = first_skip
+      raise NonFiniteError(
+          f'steps {start + 1}-{done}: every step was skipped as non-finite (first: step '
+          f'{bad}, loss {loss}, gradient norm {norm}); nothing saved; lower '
+          f'config.learning_rate or check the data')
+
+  def check_valid(valid, done):
+    """A model whose validation loss is not finite is no result to save or log: with a huge
+    learning rate a finite step can still leave params whose next loss is NaN."""
+    if 'loss' in valid and not np.isfinite(valid['loss']):
+      store.wait()
+      good = store.latest_step()
+      raise NonFiniteError(
+          f'step {done}: validation loss {valid["loss"]} (the model is no longer finite); '
+          f'stopped, step {done} not saved, last good checkpoint: '
+          f'{"none" if good is None else f"{store.directory}/{good}"}; lower '
+          f'config.learning_rate')
 
   valid = {}
-  log, log_shapes, t_last, skipped_total = None, None, time.time(), 0
+  log, log_shapes, t_last, skipped_total, trained_total = None, None, time.time(), 0, 0
+  first_skip = []  # [step, loss, gradient norm] of the first skipped step
+  empty_host = {'first_bad': -1, 'trained': 0, 'skipped': 0}
   prefetch = Prefetcher(lambda step: parallel.global_batch(mesh, task.train_batch(step)),
                         start, total, depth=config.get('prefetch_batches', 2))
   try:
@@ -347,10 +383,13 @@ def train_and_evaluate(config, run, task: Task) -> dict:
         if done % config.log_every_steps == 0 or boundary or done % config.eval_every_steps == 0:
           host = jax.device_get(log)
           check_finite(host)
+          if boundary:
+            check_trained(host, done)
         if done % config.log_every_steps == 0 or done == total:
           elapsed = max(time.time() - t_last, 1e-9)
           steps, skipped = int(host['steps']), int(host['skipped'])
           skipped_total += skipped
+          trained_total += int(host['trained'])
           if skipped:
             reporter.message(f'step {done}: {skipped} non-finite step(s) skipped')
           if steps:
@@ -368,6 +407,7 @@ def train_and_evaluate(config, run, task: Task) -> dict:
           log, t_last = None, time.time()
         if done % config.eval_every_steps == 0 or done == total:
           valid = evaluate(task, state.params, eval_step, mesh, frozen)
+          check_valid(valid, done)
           reporter.write(done, 'valid', valid)
           reporter.message(f'step {done} valid ' +
                            ' '.join(f'{k} {v:.4f}' for k, v in valid.items()))
@@ -375,8 +415,10 @@ def train_and_evaluate(config, run, task: Task) -> dict:
         if boundary:
           save(done)
         if done < total and stop.should_stop(done):
-          check_finite(jax.device_get(log) if log is not None else {'first_bad': -1})
           if not boundary:
+            host = jax.device_get(log) if log is not None else empty_host
+            check_finite(host)
+            check_trained(host, done)
             save(done)
           store.wait()
           store.close()

@@ -59,12 +59,21 @@ def replicate(mesh, tree):
   return jax.device_put(tree, replicated(mesh))
 
 
+def all_finite(tree) -> jax.Array:
+  """Whether every floating-point leaf of `tree` is finite (integer leaves always are)."""
+  flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)
+           if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(flags)) if flags else jnp.bool_(True)
+
+
 def make_train_step(sums_fn, mesh, donate: bool = True, skip_nonfinite: bool = False):
   """jit(shard_map(step)): `sums_fn(params, batch, rng, train, frozen)` -> summed metrics.
 
-  With `skip_nonfinite` a step whose loss or gradient norm is not finite returns the state
-  unchanged: each new leaf is selected against the old one where it is computed, so with
-  `donate` the update can still write over the old state.
+  With `skip_nonfinite` a step whose loss, gradient norm or updated state (params, optimizer
+  moments) is not finite returns the state unchanged: a finite gradient times a huge learning
+  rate can still overflow the params. Each new leaf is selected against the old one where it
+  is computed, so with `donate` the update can still write over the old state; the step then
+  also returns whether it was applied.
 
   `frozen` is a replicated pytree that is read but not trained (a distillation teacher).
   The objective is the global mean of the summed 'loss' over the global 'count', so the
@@ -73,7 +82,7 @@ def make_train_step(sums_fn, mesh, donate: bool = True, skip_nonfinite: bool = F
   The params are cast to device-varying before differentiating, so each device holds its own
   gradient until `pmean` (as under pmap); differentiating the replicated params directly
   would make shard_map sum the gradients implicitly.
-  Returns (new state, globally summed metrics, global gradient norm).
+  Returns (new state, globally summed metrics, global gradient norm[, applied]).
   """
   n_dev = mesh.shape[AXIS]
 
@@ -93,13 +102,14 @@ def make_train_step(sums_fn, mesh, donate: bool = True, skip_nonfinite: bool = F
                              for g in jax.tree_util.tree_leaves(grads)))
     if not skip_nonfinite:
       return state.apply_gradients(grads=grads), sums, grad_norm
-    finite = jnp.isfinite(sums['loss']) & jnp.isfinite(grad_norm)
+    updated = state.apply_gradients(grads=grads)
+    finite = jnp.isfinite(sums['loss']) & jnp.isfinite(grad_norm) & all_finite(updated)
     new_state = jax.tree_util.tree_map(lambda new, old: jnp.where(finite, new, old),
-                                       state.apply_gradients(grads=grads), state)
-    return new_state, sums, grad_norm
+                                       updated, state)
+    return new_state, sums, grad_norm, finite
 
   step = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS), P(), P()),
-                       out_specs=(P(), P(), P()))
+                       out_specs=(P(),) * (4 if skip_nonfinite else 3))
   return jax.jit(step, donate_argnums=(0,) if donate else ())
 
 
