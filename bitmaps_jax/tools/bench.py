@@ -299,7 +299,7 @@ def packed_section(sizes, quick, repeats):
   path = kernels_lib.ffi.cpu_path() if kernel == 'ffi' else jax.default_backend()
   print(f'\n== packed inference (MLM forward): the 1-bit kernel ({kernel}, {path}) against '
         'the XLA unpacking path, ours float32 and PyTorch float32; peak = XLA memory '
-        'analysis (arguments + temporaries + output), RSS = process growth after the row')
+        'analysis (arguments + temporaries + output)')
   for size in sizes:
     for (batch, seq), rows in packed_rows(size, shapes, repeats).items():
       fp = rows[0][1]
