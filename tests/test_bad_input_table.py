@@ -162,6 +162,14 @@ CASES = [
      lambda r, t, s: ['train.py', *r['glue_flags'], '--config.model=mini',
                       f'--workdir={s["run"]}'],
      "config.model 'mini': "),
+    ('prepare-again-with-other-settings', lambda r, t: _prepared_corpus(r, t),
+     lambda r, t, s: s['command'][:-1] + ['--max_seq_length=64'],
+     'already prepared with other settings: max_seq_length 32 (asked 64)'),
+    ('train-on-a-corpus-of-another-vocabulary', lambda r, t: _prepared_corpus(r, t),
+     lambda r, t, s: ['train.py', *TINY, '--config.data.source=prepared',
+                      f'--config.data.prepared_dir={t / "corpus"}',
+                      f'--config.tokenizer={_other_vocab(t)}', f'--workdir={t}/x'],
+     'corpus: prepared with a vocabulary of '),
     ('every-checkpoint-damaged', lambda r, t: _damage_all(_copy(r, 'mlm', t)),
      lambda r, t, s: ['train.py', *TINY, '--config.num_train_steps=9', f'--workdir={s["run"]}'],
      'no checkpoint could be restored'),
@@ -249,6 +257,23 @@ def _vocab(tmp_path, size):
   path = tmp_path / 'big.txt'
   path.write_text('\n'.join(specials + [f'w{i}' for i in range(size - len(specials))]) + '\n')
   return path
+
+
+def _prepared_corpus(runs, tmp_path):
+  text = tmp_path / 'corpus.txt'
+  text.write_text('the cat sees a big red ball\nthe dog runs to the house\n' * 40)
+  command = ['-m', 'bitmaps_jax', 'prepare_corpus', f'--vocab={runs["root"] / "vocab.txt"}',
+             f'--out={tmp_path / "corpus"}', f'--files={text}', '--text_format=lines',
+             '--processes=1', '--max_seq_length=32']
+  out = _run(command)
+  assert out.returncode == 0, out.stderr[-2000:]
+  return {'command': command}
+
+
+def _other_vocab(tmp_path):
+  from bitmaps_jax.tasks.mlm import data as mlm_data
+  return mlm_data.train_wordpiece_vocab(['a dog and a cat run to the red house'], 64,
+                                        str(tmp_path / 'other_vocab.txt'))
 
 
 def _with_sst2_train(runs, tmp_path):

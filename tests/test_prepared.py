@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -86,6 +87,12 @@ def test_interrupted_preparation_is_not_accepted_and_finishes_on_rerun(tmp_path,
   messages = []
   prepared.prepare(docs, vocab, cut, 32, 50, 30, processes=2, progress=messages.append)
   assert messages == [f'{cut}: already prepared ({full["stats"]["windows"]} windows)']
+  with pytest.raises(UserError, match=r'already prepared with other settings: max_seq_length '
+                                      r'32 \(asked 64\); use another directory'):
+    prepared.prepare(docs, vocab, cut, 64, 50, 30, processes=2, progress=lambda m: None)
+  other = mlm_data.train_wordpiece_vocab(docs, 100, str(tmp_path / 'other.txt'))
+  with pytest.raises(UserError, match=r'other settings: vocab_sha256 .*\(asked'):
+    prepared.prepare(docs, other, cut, 32, 50, 30, processes=2, progress=lambda m: None)
   with pytest.raises(UserError, match='other settings'):
     os.remove(os.path.join(cut, 'manifest.json'))
     prepared.prepare(docs, vocab, cut, 64, 50, 30, processes=2, progress=lambda m: None)
@@ -110,7 +117,7 @@ def test_batches_resume_exactly_and_split_over_hosts(tmp_path, corpus_files):
   assert len(set(ids.tolist())) == len(ids)
 
 
-def test_train_from_a_prepared_corpus(tmp_path, corpus_files, mlm_config):
+def test_train_from_a_prepared_corpus(tmp_path, corpus_files, mlm_config, capsys):
   docs, vocab = corpus_files
   prepared.prepare(docs, vocab, str(tmp_path / 'p'), 32, 50, 30, processes=2,
                    progress=lambda m: None)
@@ -120,6 +127,27 @@ def test_train_from_a_prepared_corpus(tmp_path, corpus_files, mlm_config):
   result = cli.train(config, str(tmp_path / 'run'))
   assert np.isfinite(result['loss'])
   assert open(tmp_path / 'run' / 'vocab.txt').read() == open(vocab).read()
+  manifest = json.load(open(tmp_path / 'p' / 'manifest.json'))
+  assert manifest['vocab']['size'] == len(open(vocab).read().splitlines())
+  # Another vocabulary of the same size: the ids would be read as other tokens.
+  other = mlm_data.train_wordpiece_vocab([d[::-1] for d in docs], 128, str(tmp_path / 'o.txt'))
+  assert open(other).read() != open(vocab).read()
+  config.tokenizer = other
+  n = manifest['vocab']['size']
+  with pytest.raises(SystemExit, match='2'):
+    cli.train(config, str(tmp_path / 'run2'))
+  assert re.search(rf'p: prepared with a vocabulary of {n} tokens, sha256 \w{{12}}; '
+                   rf'config.tokenizer .*o.txt has \d+ tokens', capsys.readouterr().err)
+  # Resuming the run on a corpus prepared with that other vocabulary.
+  prepared.prepare(docs, other, str(tmp_path / 'q'), 32, 50, 30, processes=2,
+                   progress=lambda m: None)
+  config.tokenizer = ''
+  config.data.prepared_dir = str(tmp_path / 'q')
+  config.num_train_steps += 2
+  with pytest.raises(SystemExit, match='2'):
+    cli.train(config, str(tmp_path / 'run'))
+  assert re.search(r"q: prepared with a vocabulary of \d+ tokens.*; the run's vocabulary "
+                   rf".*run/vocab.txt has {n} tokens", capsys.readouterr().err)
   config.max_seq_length = 64
   with pytest.raises(SystemExit):
     cli.train(config, str(tmp_path / 'run2'))

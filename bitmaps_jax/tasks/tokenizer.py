@@ -44,6 +44,20 @@ def _load_local_tokenizer(source: str):
   return BertTokenizer(vocab=source, do_lower_case=True)
 
 
+def vocab_identity(tok) -> dict:
+  """{'size', 'tokens_sha256'}: the vocabulary's size and a hash of its tokens in id order,
+  so two vocabularies of the same size but other tokens tell apart."""
+  import hashlib
+  vocab = tok.get_vocab()
+  tokens = sorted(vocab, key=vocab.get)
+  return {'size': len(tokens),
+          'tokens_sha256': hashlib.sha256('\n'.join(tokens).encode('utf-8')).hexdigest()}
+
+
+def describe_vocab(identity: dict) -> str:
+  return f'{identity["size"]} tokens, sha256 {identity["tokens_sha256"][:12]}'
+
+
 def load_tokenizer_for_packing(source: str):
   """`load_tokenizer`, without the length warning: whole documents are tokenized, then cut."""
   tok = load_tokenizer(source)

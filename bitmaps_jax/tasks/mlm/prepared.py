@@ -317,6 +317,31 @@ def _write_json(path, obj):
   files.write_text(path, json.dumps(obj, indent=2))
 
 
+def _settings(documents, vocab: str, max_seq_length: int, docs_per_shard: int,
+              validation_documents: int):
+  """(the vocabulary file's bytes, the settings a preparation is made with)."""
+  with open(vocab, 'rb') as f:
+    vocab_bytes = f.read()
+  return vocab_bytes, {'max_seq_length': max_seq_length, 'docs_per_shard': docs_per_shard,
+                       'validation_documents': validation_documents,
+                       'vocab_sha256': hashlib.sha256(vocab_bytes).hexdigest(),
+                       'num_documents': len(documents)}
+
+
+def _already_prepared(out_dir: str, manifest: dict, settings: dict, progress) -> dict:
+  """A finished corpus re-prepared with the same settings is done; with others it is
+  refused, naming each difference (the corpus on disk would not be what was asked for)."""
+  made = dict(manifest.get('settings') or {}, max_seq_length=manifest.get('max_seq_length'),
+              vocab_sha256=manifest.get('vocab_sha256'))
+  differ = [f'{k} {made[k]!r} (asked {v!r})' for k, v in settings.items()
+            if k in made and made[k] != v]
+  if differ:
+    raise UserError(f'{out_dir}: already prepared with other settings: ' + ', '.join(differ) +
+                    '; use another directory')
+  progress(f'{out_dir}: already prepared ({manifest["stats"]["windows"]} windows)')
+  return manifest
+
+
 def prepare(documents: Sequence[str], vocab: str, out_dir: str, max_seq_length: int = 128,
             docs_per_shard: int = 10000, validation_documents: int = 0,
             processes: Optional[int] = None, progress=print) -> dict:
@@ -334,19 +359,17 @@ def prepare(documents: Sequence[str], vocab: str, out_dir: str, max_seq_length: 
   import multiprocessing
   os.makedirs(out_dir, exist_ok=True)
   manifest_path = os.path.join(out_dir, MANIFEST)
+  vocab_bytes, settings = _settings(documents, vocab, max_seq_length, docs_per_shard,
+                                    validation_documents)
   if os.path.isfile(manifest_path):
     with open(manifest_path) as f:
       manifest = json.load(f)
-    progress(f'{out_dir}: already prepared ({manifest["stats"]["windows"]} windows)')
-    return manifest
-  with open(vocab, 'rb') as f:
-    vocab_bytes = f.read()
-  vocab_sha = hashlib.sha256(vocab_bytes).hexdigest()
+    return _already_prepared(out_dir, manifest, settings, progress)
+  vocab_sha = settings['vocab_sha256']
+  from bitmaps_jax.tasks import tokenizer as tokenizers
+  vocab_id = tokenizers.vocab_identity(tokenizers.load_tokenizer_for_packing(vocab))
   n_vocab = len(vocab_bytes.decode('utf-8').splitlines())
   dtype = np.uint16 if n_vocab <= 1 << 16 else np.uint32
-  settings = {'max_seq_length': max_seq_length, 'docs_per_shard': docs_per_shard,
-              'validation_documents': validation_documents, 'vocab_sha256': vocab_sha,
-              'num_documents': len(documents)}
   progress_path = os.path.join(out_dir, PROGRESS)
   done = {'settings': settings, 'shards': {}}
   if os.path.isfile(progress_path):
@@ -401,7 +424,8 @@ def prepare(documents: Sequence[str], vocab: str, out_dir: str, max_seq_length: 
   if not shards['train']:
     raise UserError(f'{out_dir}: the corpus gave no training window of {max_seq_length} tokens')
   manifest = {'format': FORMAT, 'max_seq_length': max_seq_length, 'dtype': np.dtype(dtype).name,
-              'vocab_sha256': vocab_sha, 'shards': shards, 'stats': stats}
+              'vocab_sha256': vocab_sha, 'shards': shards, 'stats': stats,
+              'vocab': vocab_id, 'settings': settings}
   _write_json(manifest_path, manifest)
   return manifest
 
@@ -410,9 +434,9 @@ def _prepare_remote(documents, vocab, out_dir: str, progress, **settings) -> dic
   """`prepare` into this host's cache for `out_dir`, then uploads it, manifest last (so a
   training host on this machine finds it without downloading)."""
   if files.isfile(files.join(out_dir, MANIFEST)):
-    manifest = _read_manifest(out_dir)
-    progress(f'{out_dir}: already prepared ({manifest["stats"]["windows"]} windows)')
-    return manifest
+    _, wanted = _settings(documents, vocab, **{k: settings[k] for k in (
+        'max_seq_length', 'docs_per_shard', 'validation_documents')})
+    return _already_prepared(out_dir, _read_manifest(out_dir), wanted, progress)
   local = local_cache_dir(out_dir)
   manifest = prepare(documents, vocab, local, progress=progress, **settings)
   t0 = time.time()

@@ -45,6 +45,27 @@ def load_documents(data_cfg, seed: int):
   raise UserError(f'config.data.source must be builtin, text, tfds or prepared, got {source!r}')
 
 
+def _corpus_vocabulary(config, run: RunDir, corpus) -> str:
+  """The prepared corpus's vocabulary, once the configured tokenizer (or init checkpoint's)
+  and the run's saved one are the same: its token ids mean nothing under another."""
+  corpus_tok = tokenizers.load_tokenizer_for_packing(corpus.vocab_file)
+  made = corpus.manifest.get('vocab') or tokenizers.vocab_identity(corpus_tok)
+  others = [('config.tokenizer' if config.get('tokenizer') else 'config.init_checkpoint',
+             tokenizers.tokenizer_source(config))]
+  if run.is_run() and files.isfile(run.vocab_file):
+    others.append(("the run's vocabulary", run.vocab_file))
+  for what, source in others:
+    if source is None:
+      continue
+    theirs = tokenizers.vocab_identity(tokenizers.load_tokenizer_for_packing(source))
+    if theirs != made:
+      raise UserError(f'{corpus.path}: prepared with a vocabulary of '
+                      f'{tokenizers.describe_vocab(made)}; {what} {source} has '
+                      f'{tokenizers.describe_vocab(theirs)}; prepare the corpus with that '
+                      f'vocabulary or use another workdir')
+  return corpus.vocab_file
+
+
 def _vocabulary(config, run: RunDir, train_docs) -> str:
   """The tokenizer's vocab: configured, the init checkpoint's, or learned from the corpus."""
   vocab_source = tokenizers.tokenizer_source(config)
@@ -90,7 +111,7 @@ def build_task(config, run):
     if corpus.max_seq_length != config.max_seq_length:
       raise UserError(f'{corpus.path}: prepared with max_seq_length {corpus.max_seq_length}, '
                       f'the config has {config.max_seq_length}')
-    vocab_source = config.get('tokenizer') or corpus.vocab_file
+    vocab_source = _corpus_vocabulary(config, run, corpus)
   else:
     train_docs, valid_docs = load_documents(config.data, config.seed)
     vocab_source = _vocabulary(config, run, train_docs)
