@@ -337,24 +337,10 @@ def inference_rows(size, batch, seq, repeats):
     secs = median_seconds(lambda: model(ids).block_until_ready(), repeats)
     rows.append((name, secs, mem.argument_size_in_bytes,
                  mem.argument_size_in_bytes + mem.temp_size_in_bytes))
-  try:
-    import torch
-    import transformers
-    hf = transformers.BertConfig(**{k: getattr(base, k) for k in (
-        'vocab_size', 'hidden_size', 'num_hidden_layers', 'num_attention_heads',
-        'intermediate_size', 'max_position_embeddings')})
-    model = transformers.BertForMaskedLM(hf).eval()
-    tids = torch.tensor(np.asarray(ids), dtype=torch.long)
-
-    def run():
-      with torch.no_grad():
-        model(input_ids=tids)
-
-    secs = median_seconds(run, repeats)
-    nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    rows.append(('pytorch float32', secs, nbytes, float('nan')))
-  except ImportError:
-    pass
+  torch_run = _torch_forward(base, ids)
+  if torch_run is not None:
+    run, nbytes = torch_run
+    rows.append(('pytorch float32', median_seconds(run, repeats), nbytes, float('nan')))
   return rows
 
 
