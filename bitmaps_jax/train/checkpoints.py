@@ -18,7 +18,7 @@ import jax
 import orbax.checkpoint as ocp
 import tensorstore as ts
 
-from bitmaps_jax import files
+from bitmaps_jax import errors, files
 from bitmaps_jax.errors import UserError
 
 
@@ -134,7 +134,7 @@ class CheckpointStore:
     free = files.free_space(self.directory)
     latest = self.latest_step()
     saving = f' while saving step {step}' if step is not None else ' while saving'
-    raise UserError(
+    raise errors.DiskFullError(
         f'{self.directory}: no space left on the device{saving}'
         f'{f" ({free})" if free else ""}; the partial save is removed; free some space and '
         f'run the same command to resume from '

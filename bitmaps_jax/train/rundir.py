@@ -177,19 +177,23 @@ class RunDir:
       raise UserError(f'{self.path}: holds params only (see {PARAMS_ONLY}), no training state '
                       f'to resume; start a new workdir with --config.init_checkpoint='
                       f'{self.path}')
+    named = ''  # the config field a change of model size came from, when it is that
     if config is not None and files.isfile(self.file(TRAIN_CONFIG)):
       saved = self.train_config()
       fields = list(RESUME_FIXED_FIELDS)
       if saved.get('init_checkpoint') or config.get('init_checkpoint'):
         fields.remove('model')  # the size comes from the checkpoint; compared by shape below
       for field in fields:
-        if saved.get(field) != config.get(field):
+        if saved.get(field) != config.get(field) and field != 'model':  # model: below
           raise UserError(f'config.{field} {config.get(field)!r}: {self.path} holds a run '
                           f'with {field} {saved.get(field)!r}; use another workdir or the '
                           f'same {field}')
+      if 'model' in fields and saved.get('model') != config.get('model'):
+        named = f"config.model {config.get('model')!r}: "
     diff = shape_differences(self.model_config(), model_cfg, ' (saved)')
-    if diff:
-      raise UserError(f'{self.path}: holds checkpoints of another model ({"; ".join(diff)}); '
+    if diff or named:
+      what = '; '.join(diff) or 'another model setting'
+      raise UserError(f'{named}{self.path}: holds checkpoints of another model ({what}); '
                       f'use another workdir or the same model settings')
 
   def write_run_files(self, config, model_cfg: BertConfig, vocab_source: str):
