@@ -1,5 +1,6 @@
 """User-facing errors: one clear line, no traceback."""
 
+import os
 import sys
 
 
@@ -19,7 +20,6 @@ def exit_with_error(message) -> None:
   """Ends the process the way every entry point reports a user's mistake: one line, status 2."""
   print(f'error: {message}', file=sys.stderr, flush=True)
   if isinstance(message, DiskFullError):
-    import os
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stderr.fileno())
   sys.exit(2)

@@ -44,6 +44,7 @@ class BinaryDense(nn.Module):
   @nn.compact
   def __call__(self, x):
     shape = (x.shape[-1], self.features)
+    # Made after the kernel, as always, so a latent model's params keep their order.
     bias = lambda: self.param('bias', nn.initializers.zeros, (self.features,), self.param_dtype)
     if self.scheme is not None and self.has_variable(PACKED, 'kernel'):
       x = x.astype(self.dtype)
