@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 
 from bitmaps_jax.tasks import tokenizer
+from bitmaps_jax.tasks.mlm import batches as mlm_batches
 from bitmaps_jax.tasks.mlm import data as mlm_data
 from bitmaps_jax.errors import UserError
 
 
 def _spec(vocab=1000, p=20):
-  return mlm_data.MaskingSpec(vocab_size=vocab, mask_token_id=4, special_ids=(0, 1, 2, 3, 4),
+  return mlm_batches.MaskingSpec(vocab_size=vocab, mask_token_id=4, special_ids=(0, 1, 2, 3, 4),
                               max_predictions=p)
 
 
@@ -17,9 +18,9 @@ def test_masking_statistics():
   rng = np.random.default_rng(0)
   windows = rng.integers(5, 1000, size=(4000, 128)).astype(np.int32)
   windows[:, 0], windows[:, -1] = 2, 3  # [CLS], [SEP]
-  spec = _spec(p=mlm_data.num_predictions(128, 0.15))
+  spec = _spec(p=mlm_batches.num_predictions(128, 0.15))
   assert spec.max_predictions == 19  # 15% of the 126 maskable tokens
-  out = mlm_data.mask_tokens(windows, spec, np.random.default_rng(1))
+  out = mlm_batches.mask_rows(windows, spec, seed=1, step=0, rows=np.arange(len(windows)))
   pos, labels = out['masked_positions'], out['masked_labels']
   assert out['masked_weights'].all()
   # Distinct, never the special tokens at either end, labels are the original tokens.
@@ -39,21 +40,26 @@ def test_masking_statistics():
 
 def test_masking_skips_special_tokens_and_flags_short_rows():
   windows = np.array([[2, 7, 8, 3, 0, 0, 0, 0]], np.int32)
-  out = mlm_data.mask_tokens(windows, _spec(p=4), np.random.default_rng(0))
+  out = mlm_batches.mask_rows(windows, _spec(p=4), seed=0, step=0, rows=[0])
   chosen = out['masked_positions'][0][out['masked_weights'][0] > 0]
   assert set(chosen) == {1, 2}
   assert out['masked_weights'].sum() == 2
 
 
 def test_batches_are_deterministic_and_split_across_processes():
-  windows = np.arange(64 * 16, dtype=np.int32).reshape(64, 16) % 900 + 5
+  windows = mlm_batches.Windows.of(
+      np.arange(64 * 16, dtype=np.int32).reshape(64, 16) % 900 + 5)
   spec = _spec(p=3)
-  full = mlm_data.MLMBatches(windows, spec, 8, seed=3)
-  again = mlm_data.MLMBatches(windows, spec, 8, seed=3)
+  full = mlm_batches.MLMBatches(windows, spec, 8, seed=3)
+  again = mlm_batches.MLMBatches(windows, spec, 8, seed=3)
+  halves = [mlm_batches.MLMBatches(windows, spec, 8, 3, process_index=i, process_count=2)
+            for i in range(2)]
   for step in (0, 5, 8, 17):  # 8 steps per epoch: crosses epochs
     a, b = full.batch(step), again.batch(step)
     for k in a:
       np.testing.assert_array_equal(a[k], b[k])
+      # Two processes each make their half of the same global batch.
+      np.testing.assert_array_equal(a[k], np.concatenate([h.batch(step)[k] for h in halves]))
   # Each epoch visits every window once (restore the masked tokens to recover the rows).
   seen = []
   for step in range(8):
@@ -61,21 +67,31 @@ def test_batches_are_deterministic_and_split_across_processes():
     rows = b['input_ids'].copy()
     np.put_along_axis(rows, b['masked_positions'], b['masked_labels'], 1)
     seen.extend(map(tuple, rows))
-  assert sorted(seen) == sorted(map(tuple, windows))
-  rows = [mlm_data.MLMBatches(windows, spec, 8, 3, process_index=i, process_count=2)
-          for i in range(2)]
-  order = np.random.default_rng((3, 0)).permutation(64)
-  np.testing.assert_array_equal(rows[1].windows[order[4:8]], windows[order[4:8]])
-  assert rows[0].batch(0)['input_ids'].shape == (4, 16)
+  assert sorted(seen) == sorted(map(tuple, windows.take(np.arange(64))))
+  assert halves[0].batch(0)['input_ids'].shape == (4, 16)
+  # A window source of several blocks (a prepared corpus's shards) reads the same rows.
+  array = windows.take(np.arange(64))
+  blocks = mlm_batches.Windows.of(array[:10], array[10:40], array[40:])
+  np.testing.assert_array_equal(blocks.take([63, 0, 12, 39, 40, 9]), array[[63, 0, 12, 39, 40, 9]])
+  split = mlm_batches.MLMBatches(blocks, spec, 8, seed=3)
+  for k, v in full.batch(5).items():
+    np.testing.assert_array_equal(split.batch(5)[k], v)
   with pytest.raises(UserError, match='fewer than one global batch'):
-    mlm_data.MLMBatches(windows[:4], spec, 8, 0)
+    mlm_batches.MLMBatches(mlm_batches.Windows.of(array[:4]), spec, 8, 0)
 
 
 def test_eval_batches_pad_the_tail():
-  windows = np.full((5, 16), 9, np.int32)
-  batches = list(mlm_data.eval_batches(windows, _spec(p=2), 4, 0))
+  windows = mlm_batches.Windows.of(np.full((5, 16), 9, np.int32))
+  batches = list(mlm_batches.eval_batches(windows, _spec(p=2), 4, 0))
   assert len(batches) == 2
   assert batches[1]['masked_weights'].sum() == 2  # one real row of two predictions
+  # The same masks at every evaluation, and on two processes the same global batches.
+  again = list(mlm_batches.eval_batches(windows, _spec(p=2), 4, 0))
+  halves = [list(mlm_batches.eval_batches(windows, _spec(p=2), 4, 0, i, 2)) for i in range(2)]
+  for i, batch in enumerate(batches):
+    for k, v in batch.items():
+      np.testing.assert_array_equal(again[i][k], v)
+      np.testing.assert_array_equal(np.concatenate([h[i][k] for h in halves]), v)
 
 
 def test_wikitext_and_lines_readers(tmp_path):

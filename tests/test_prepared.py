@@ -12,6 +12,7 @@ import pytest
 
 from bitmaps_jax import cli
 from bitmaps_jax.errors import UserError
+from bitmaps_jax.tasks.mlm import batches as mlm_batches
 from bitmaps_jax.tasks.mlm import data as mlm_data
 from bitmaps_jax.tasks.mlm import prepared
 
@@ -20,18 +21,18 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.mark.parametrize('n', [1, 2, 7, 64, 1000, 4097])
 def test_feistel_is_a_permutation_that_depends_on_seed_and_epoch(n):
-  p = prepared.FeistelPermutation(n, seed=3, epoch=0)
+  p = mlm_batches.FeistelPermutation(n, seed=3, epoch=0)
   out = p(np.arange(n))
   assert sorted(out.tolist()) == list(range(n))
   if n >= 64:
-    other = prepared.FeistelPermutation(n, seed=3, epoch=1)(np.arange(n))
+    other = mlm_batches.FeistelPermutation(n, seed=3, epoch=1)(np.arange(n))
     assert (out != other).mean() > 0.5 and (out != np.arange(n)).mean() > 0.5
     # Any slice of positions is computed on its own, with the same values.
     np.testing.assert_array_equal(p(np.arange(10, 20)), out[10:20])
 
 
 def _spec(vocab=100):
-  return mlm_data.MaskingSpec(vocab_size=vocab, mask_token_id=4, special_ids=(0, 1, 2, 3, 4),
+  return mlm_batches.MaskingSpec(vocab_size=vocab, mask_token_id=4, special_ids=(0, 1, 2, 3, 4),
                               mask_prob=0.15, max_predictions=5)
 
 
@@ -40,14 +41,14 @@ def test_masks_are_a_function_of_the_global_row_not_of_the_host_split():
   windows = rng.integers(5, 100, (8, 32)).astype(np.int32)
   windows[:, 0], windows[:, -1] = 2, 3  # [CLS] ... [SEP]
   rows = np.arange(8) + 40
-  whole = prepared.mask_rows(windows, _spec(), seed=1, step=7, rows=rows)
-  halves = [prepared.mask_rows(windows[i:i + 4], _spec(), 1, 7, rows[i:i + 4]) for i in (0, 4)]
+  whole = mlm_batches.mask_rows(windows, _spec(), seed=1, step=7, rows=rows)
+  halves = [mlm_batches.mask_rows(windows[i:i + 4], _spec(), 1, 7, rows[i:i + 4]) for i in (0, 4)]
   for k, v in whole.items():
     np.testing.assert_array_equal(v, np.concatenate([h[k] for h in halves]), err_msg=k)
   assert (whole['masked_positions'] > 0).all() and (whole['masked_positions'] < 31).all()
   changed = whole['input_ids'] != windows
   assert changed.sum() <= 8 * 5 and changed.sum() >= 8 * 5 * 0.6  # ~90% of picks change
-  again = prepared.mask_rows(windows, _spec(), seed=1, step=8, rows=rows)
+  again = mlm_batches.mask_rows(windows, _spec(), seed=1, step=8, rows=rows)
   assert (again['masked_positions'] != whole['masked_positions']).any()
 
 
@@ -103,9 +104,9 @@ def test_batches_resume_exactly_and_split_over_hosts(tmp_path, corpus_files):
   prepared.prepare(docs, vocab, str(tmp_path / 'p'), 32, 50, 30, processes=2,
                    progress=lambda m: None)
   corpus = prepared.PreparedCorpus(str(tmp_path / 'p'))
-  one = prepared.PreparedMLMBatches(corpus.train, _spec(128), 8, seed=5)
-  again = prepared.PreparedMLMBatches(corpus.train, _spec(128), 8, seed=5)
-  two = [prepared.PreparedMLMBatches(corpus.train, _spec(128), 8, 5, i, 2) for i in range(2)]
+  one = mlm_batches.MLMBatches(corpus.train, _spec(128), 8, seed=5)
+  again = mlm_batches.MLMBatches(corpus.train, _spec(128), 8, seed=5)
+  two = [mlm_batches.MLMBatches(corpus.train, _spec(128), 8, 5, i, 2) for i in range(2)]
   for step in (0, 3, one.steps_per_epoch + 1):
     a = one.batch(step)
     for k in a:
@@ -113,7 +114,7 @@ def test_batches_resume_exactly_and_split_over_hosts(tmp_path, corpus_files):
       np.testing.assert_array_equal(a[k], np.concatenate([t.batch(step)[k] for t in two]))
   # One epoch visits every window at most once.
   rows = np.concatenate([np.arange(s * 8, s * 8 + 8) for s in range(one.steps_per_epoch)])
-  ids = prepared.FeistelPermutation(len(corpus.train), 5, 0)(rows)
+  ids = mlm_batches.FeistelPermutation(len(corpus.train), 5, 0)(rows)
   assert len(set(ids.tolist())) == len(ids)
 
 

@@ -13,6 +13,9 @@ from bitmaps_jax.train import loop as trainer
 from configs import default
 
 
+EVAL_BATCHES = [{'x': np.ones((8, 4), np.float32)}]
+
+
 def _task(bad_steps):
   rng = np.random.default_rng(0)
 
@@ -28,7 +31,7 @@ def _task(bad_steps):
 
   return trainer.Task(model_config=bert.model_config('tiny'), params={'w': jnp.zeros((4,))},
                       batch_metrics=batch_metrics, train_batch=batch,
-                      eval_batches=lambda: [{'x': np.ones((8, 4), np.float32)}],
+                      evaluate=trainer.summed_evaluation(batch_metrics, lambda: EVAL_BATCHES),
                       items_per_step=8, unit='ex')
 
 
@@ -85,8 +88,7 @@ def test_ordinary_steps_make_no_host_transfer_and_batches_are_built_ahead(tmp_pa
   trainer.train_and_evaluate(config, str(tmp_path), task)
   # Reads of the on-device log: one per log / evaluation / checkpoint step (6 and 12), plus
   # the evaluation's own metric sums; none on the other ten steps.
-  eval_batches = len(task.eval_batches())
-  assert len(gets) == 2 + eval_batches, len(gets)
+  assert len(gets) == 2 + len(EVAL_BATCHES), len(gets)
   # When step k is taken, the producer has already built at least k + 2 batches (2 ahead).
   assert all(n >= min(step + 3, 12) for step, n in used), used
 

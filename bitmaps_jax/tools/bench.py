@@ -30,7 +30,7 @@ from bitmaps_jax.errors import UserError
 from bitmaps_jax.model import bert
 from bitmaps_jax.model import packed as packed_file
 from bitmaps_jax.tasks.glue import data as glue_data
-from bitmaps_jax.tasks.mlm import data as mlm_data
+from bitmaps_jax.tasks.mlm import batches as mlm_batches
 from bitmaps_jax.tasks.mlm import task as mlm_task
 from bitmaps_jax.train import loop, parallel
 
@@ -73,13 +73,14 @@ def product_train_step(config, batch, seq):
   params = bert.init_params(config, jax.random.PRNGKey(0), seq)
   task = loop.Task(model_config=config, params=params,
                    batch_metrics=mlm_task.make_batch_metrics(bert.build_model(config)),
-                   train_batch=None, eval_batches=lambda: [], items_per_step=batch * seq)
+                   train_batch=None, evaluate=None, items_per_step=batch * seq)
   state, _ = loop.make_state(_optimizer_config(), task, mesh)
   ids, _ = _batch(config, batch, seq)
-  spec = mlm_data.MaskingSpec(vocab_size=config.vocab_size, mask_token_id=103 % config.vocab_size,
-                              special_ids=(), max_predictions=mlm_data.num_predictions(seq, 0.15))
-  data = parallel.global_batch(mesh, mlm_data.mask_tokens(np.asarray(ids), spec,
-                                                          np.random.default_rng(0)))
+  spec = mlm_batches.MaskingSpec(vocab_size=config.vocab_size,
+                                 mask_token_id=103 % config.vocab_size, special_ids=(),
+                                 max_predictions=mlm_batches.num_predictions(seq, 0.15))
+  data = parallel.global_batch(mesh, mlm_batches.mask_rows(np.asarray(ids), spec, 0, 0,
+                                                           np.arange(batch)))
   step = loop.make_train_step_fn(task, mesh)
   key = jax.random.PRNGKey(0)
   log = loop.empty_log(jax.eval_shape(step.raw, state, data, key, None)[1])
@@ -436,14 +437,14 @@ def _sparse_prepared_corpus(path: str, windows: int, seq: int):
 def input_section(quick: bool, batch: int = 256, seq: int = 128, repeats: int = 20):
   """The MLM input pipeline per host: open time, resident memory and batch time of a prepared
   corpus at two sizes (sparse files: page-cache reads, not disk reads)."""
-  from bitmaps_jax.tasks.mlm import data as mlm_data
   from bitmaps_jax.tasks.mlm import prepared
   print('\n== MLM input pipeline per host (prepared corpus, Feistel order, per-row masks)')
   need = 0.8e6
   print(f'target: BERT-base at 50% MFU on a v4 host needs about {need / 1e6:.1f} M tokens/s '
         f'(4 chips x 275 TFLOP/s x 0.5 / (6 x 110 M FLOP per token))')
-  spec = mlm_data.MaskingSpec(vocab_size=30522, mask_token_id=103, special_ids=(101, 102, 103),
-                              max_predictions=mlm_data.num_predictions(seq, 0.15))
+  spec = mlm_batches.MaskingSpec(vocab_size=30522, mask_token_id=103,
+                                 special_ids=(101, 102, 103),
+                                 max_predictions=mlm_batches.num_predictions(seq, 0.15))
   sizes = (10_000, 300_000) if quick else (1_000_000, 30_000_000)
   rates = []
   with tempfile.TemporaryDirectory() as tmp:
@@ -453,7 +454,7 @@ def input_section(quick: bool, batch: int = 256, seq: int = 128, repeats: int = 
       rss0, t0 = _rss_bytes(), time.perf_counter()
       corpus = prepared.PreparedCorpus(path)
       opened, rss1 = time.perf_counter() - t0, _rss_bytes()
-      batches = prepared.PreparedMLMBatches(corpus.train, spec, batch, seed=0)
+      batches = mlm_batches.MLMBatches(corpus.train, spec, batch, seed=0)
       steps = iter(range(10**9))
       secs = median_seconds(lambda: batches.batch(next(steps)), repeats)
       rate = batch * seq / secs

@@ -137,10 +137,9 @@ class Task:
   # (params, batch, rng, train, frozen) -> {'loss': sum, 'count': n, ...}
   batch_metrics: Callable
   train_batch: Callable[[int], dict]  # step -> this process's rows of the global batch
-  eval_batches: Callable[[], Iterable[dict]]
+  evaluate: Callable[[Any], dict]  # params -> validation metrics (e.g. `summed_evaluation`)
   items_per_step: int  # tokens (MLM) or examples (GLUE) per global batch, for throughput
   unit: str = 'tok'
-  eval_fn: Optional[Callable] = None  # (params) -> metrics dict; replaces the sums-based eval
   # A pytree the steps read but never train, handed to batch_metrics as `frozen` (GLUE: the
   # distillation teacher's params); the loop does not look inside.
   frozen: Any = None
@@ -262,16 +261,22 @@ def empty_log(sums_shape) -> dict:
           'grad_norm': jnp.zeros((), jnp.float32)}
 
 
-def evaluate(task: Task, params, eval_step, mesh, frozen=None) -> dict:
-  if task.eval_fn is not None:
-    return task.eval_fn(params)
-  total = None
-  for batch in task.eval_batches():
-    batch = parallel.global_batch(mesh, batch)
-    total = metrics.add(total, jax.device_get(eval_step(params, batch, frozen)))
-  if total is None:
-    raise UserError('validation split yields no batches')
-  return metrics.means(total)
+def summed_evaluation(batch_metrics: Callable, batches: Callable[[], Iterable[dict]]):
+  """An evaluation hook: `batch_metrics` summed over the devices and over the fixed batches
+  `batches()` yields (this process's rows of each global batch), then averaged."""
+  mesh = parallel.data_mesh()
+  eval_step = parallel.make_eval_step(batch_metrics, mesh)
+
+  def evaluate(params) -> dict:
+    total = None
+    for batch in batches():
+      batch = parallel.global_batch(mesh, batch)
+      total = metrics.add(total, jax.device_get(eval_step(params, batch, None)))
+    if total is None:
+      raise UserError('validation split yields no batches')
+    return metrics.means(total)
+
+  return evaluate
 
 
 def train_and_evaluate(config, run, task: Task) -> dict:
@@ -313,7 +318,6 @@ def train_and_evaluate(config, run, task: Task) -> dict:
   if latest is not None:
     reporter.message(f'resuming from {store.directory}/{latest} (step {start})')
   train_step = make_train_step_fn(task, mesh, schedules)
-  eval_step = parallel.make_eval_step(task.batch_metrics, mesh)
   layout = binary_params.layout(task.model_config)
   flat_params = traverse_util.flatten_dict(task.params)
   initial_params = parallel.replicate(mesh, traverse_util.unflatten_dict(
@@ -406,7 +410,7 @@ def train_and_evaluate(config, run, task: Task) -> dict:
             reporter.progress(done, point['loss'], point[f'{task.unit}_per_s'], task.unit)
           log, t_last = None, time.time()
         if done % config.eval_every_steps == 0 or done == total:
-          valid = evaluate(task, state.params, eval_step, mesh, frozen)
+          valid = task.evaluate(state.params)
           check_valid(valid, done)
           reporter.write(done, 'valid', valid)
           reporter.message(f'step {done} valid ' +
@@ -428,7 +432,7 @@ def train_and_evaluate(config, run, task: Task) -> dict:
   finally:
     prefetch.close()
   if start >= total:
-    valid = evaluate(task, state.params, eval_step, mesh, frozen)
+    valid = task.evaluate(state.params)
     reporter.message('already trained to num_train_steps; valid ' +
                      ' '.join(f'{k} {v:.4f}' for k, v in valid.items()))
   store.wait()

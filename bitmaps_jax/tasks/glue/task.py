@@ -214,7 +214,7 @@ def build(config, run):
   logits_step = evaluate.make_logits_step(model, mesh)
   global_batch = parallel.global_batch_size(config)
 
-  def eval_fn(params):
+  def evaluate_validation(params):
     logits = evaluate.predict_logits(logits_step, params, data.valid_ids, data.valid.labels,
                                      global_batch, config.max_seq_length, mesh,
                                      data.valid_types)
@@ -223,8 +223,8 @@ def build(config, run):
   task = loop.Task(model_config=model_cfg, params=params,
                    batch_metrics=make_batch_metrics(model, teacher_model, config.distill,
                                                     data.labeled, data.task.is_regression),
-                   train_batch=data.batches.batch, eval_batches=lambda: [],
-                   items_per_step=global_batch, unit='ex', eval_fn=eval_fn,
+                   train_batch=data.batches.batch, evaluate=evaluate_validation,
+                   items_per_step=global_batch, unit='ex',
                    frozen=teacher.params if teacher else None)
   if jax.process_index() == 0:
     mean_len = float(np.mean([len(t) for t in data.train_ids]))

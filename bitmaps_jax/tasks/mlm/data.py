@@ -1,13 +1,10 @@
-"""MLM input pipeline: corpus -> WordPiece ids -> packed windows -> masked batches.
-
-Every batch is a pure function of (seed, step), so resuming at step s reproduces the data
-position exactly, and each process of a multi-host run takes its own rows of the global batch.
+"""MLM corpora: documents (text files, TFDS, the built-in corpus) -> WordPiece ids -> packed
+windows. `batches` turns windows into masked batches; `prepared` stores windows on disk.
 """
 
 import collections
-import dataclasses
 import zlib
-from typing import Iterator, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 
@@ -163,112 +160,3 @@ def pack_windows(docs: Sequence[str], tokenizer, max_seq_length: int) -> np.ndar
   cls = np.full((n, 1), tokenizer.cls_token_id, np.int32)
   sep = np.full((n, 1), tokenizer.sep_token_id, np.int32)
   return np.concatenate([cls, windows, sep], axis=1)
-
-
-# --------------------------------------------------------------------------- masking
-
-
-@dataclasses.dataclass(frozen=True)
-class MaskingSpec:
-  vocab_size: int
-  mask_token_id: int
-  special_ids: tuple
-  mask_prob: float = 0.15
-  max_predictions: int = 20
-
-
-def num_predictions(max_seq_length: int, mask_prob: float) -> int:
-  """Fixed number of masked positions per window (BERT's max_predictions_per_seq)."""
-  return max(1, int(round(mask_prob * (max_seq_length - 2))))
-
-
-def mask_tokens(windows: np.ndarray, spec: MaskingSpec, rng: np.random.Generator) -> dict:
-  """BERT masking: pick `max_predictions` non-special positions per row; of those 80% become
-  [MASK], 10% a random token, 10% stay. Returns the model inputs and the prediction targets.
-  """
-  b, length = windows.shape
-  p = spec.max_predictions
-  candidates = ~np.isin(windows, spec.special_ids)
-  scores = np.where(candidates, rng.random((b, length)), -1.0)
-  positions = np.sort(np.argsort(-scores, axis=1)[:, :p], axis=1).astype(np.int32)
-  valid = np.take_along_axis(candidates, positions, axis=1)
-  labels = np.take_along_axis(windows, positions, axis=1)
-  action = rng.random((b, p))
-  replacement = np.where(action < 0.8, spec.mask_token_id,
-                         np.where(action < 0.9, rng.integers(0, spec.vocab_size, (b, p)),
-                                  labels))
-  inputs = windows.copy()
-  rows = np.arange(b)[:, None]
-  inputs[rows, positions] = np.where(valid, replacement, labels)
-  return {
-      'input_ids': inputs,
-      'attention_mask': np.ones_like(windows),
-      'token_type_ids': np.zeros_like(windows),
-      'masked_positions': positions,
-      'masked_labels': labels.astype(np.int32),
-      'masked_weights': valid.astype(np.float32),
-  }
-
-
-@dataclasses.dataclass(frozen=True)
-class HostRows:
-  """This process's share of every global batch: rows [offset, offset + local)."""
-  global_batch_size: int
-  local: int
-  offset: int
-  steps_per_epoch: int
-
-  @classmethod
-  def of(cls, num_windows: int, global_batch_size: int, process_index: int,
-         process_count: int) -> 'HostRows':
-    if global_batch_size % process_count:
-      raise UserError(f'global batch {global_batch_size} is not divisible by '
-                      f'{process_count} processes')
-    if num_windows < global_batch_size:
-      raise UserError(f'only {num_windows} training windows, fewer than one global batch '
-                      f'of {global_batch_size}; lower the batch size or max_seq_length')
-    local = global_batch_size // process_count
-    return cls(global_batch_size, local, process_index * local,
-               num_windows // global_batch_size)
-
-
-class MLMBatches:
-  """Deterministic batches of masked windows, addressed by step.
-
-  `batch(step)` shuffles the windows once per epoch with (seed, epoch) and returns this
-  process's rows of the global batch, so a run resumed at `step` sees the same data.
-  """
-
-  def __init__(self, windows: np.ndarray, spec: MaskingSpec, global_batch_size: int, seed: int,
-               process_index: int = 0, process_count: int = 1):
-    self.windows, self.spec, self.seed = windows, spec, seed
-    self.rows = HostRows.of(len(windows), global_batch_size, process_index, process_count)
-    self.steps_per_epoch = self.rows.steps_per_epoch
-
-  def batch(self, step: int) -> dict:
-    epoch, index = divmod(step, self.steps_per_epoch)
-    order = np.random.default_rng((self.seed, epoch)).permutation(len(self.windows))
-    start = index * self.rows.global_batch_size
-    # Mask the whole global batch, then keep this process's rows: the masks do not depend on
-    # how many processes share the batch.
-    masked = mask_tokens(self.windows[order[start:start + self.rows.global_batch_size]], self.spec,
-                         np.random.default_rng((self.seed, 1, step)))
-    return {k: v[self.rows.offset:self.rows.offset + self.rows.local] for k, v in masked.items()}
-
-
-def eval_batches(windows: np.ndarray, spec: MaskingSpec, global_batch_size: int, max_batches: int,
-                 process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
-  """Fixed validation batches (same masks every evaluation).
-
-  The last batch is padded with weight-0 rows so every window counts, however few there are.
-  """
-  local = global_batch_size // process_count
-  n = -(-len(windows) // global_batch_size)
-  if max_batches:
-    n = min(n, max_batches)
-  for i in range(n):
-    rows = np.arange(i * global_batch_size, (i + 1) * global_batch_size)
-    real = rows < len(windows)
-    batch = mask_tokens(windows[np.where(real, rows, 0)], spec, np.random.default_rng((12345, i)))
-    batch['masked_weights'] *= real[:, None]
-    yield {k: v[process_index * local:(process_index + 1) * local] for k, v in batch.items()}

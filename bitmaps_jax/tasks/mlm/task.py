@@ -1,15 +1,15 @@
 """Masked-language-model pretraining: the MLM task for the shared training loop."""
 
+import dataclasses
 import os
 import tempfile
 
 import jax
-import numpy as np
-
 from bitmaps_jax import files
 from bitmaps_jax.errors import UserError
 from bitmaps_jax.model import bert
 from bitmaps_jax.tasks import tokenizer as tokenizers
+from bitmaps_jax.tasks.mlm import batches
 from bitmaps_jax.tasks.mlm import data as mlm_data
 from bitmaps_jax.tasks.mlm import prepared
 from bitmaps_jax.train import initial_model, loop, metrics, parallel
@@ -22,27 +22,79 @@ def _files(value):
   return [v.strip() for v in (value.split(',') if isinstance(value, str) else value) if v.strip()]
 
 
-def load_documents(data_cfg, seed: int):
-  """(train_docs, valid_docs) for the configured source."""
-  source = data_cfg.source
-  if source == 'builtin':
-    docs = mlm_data.builtin_documents(data_cfg.builtin_documents, seed=1234)
-    return mlm_data.split_validation(docs, data_cfg.validation_fraction)
-  if source == 'text':
-    train_files = _files(data_cfg.train_files)
-    if not train_files:
-      raise UserError('config.data.train_files is empty (data.source=text)')
-    train = [d for f in train_files for d in mlm_data.read_text_documents(f, data_cfg.text_format)]
-    valid_files = _files(data_cfg.valid_files)
-    if not valid_files:
-      return mlm_data.split_validation(train, data_cfg.validation_fraction)
-    valid = [d for f in valid_files for d in mlm_data.read_text_documents(f, data_cfg.text_format)]
-    return train, valid
-  if source == 'tfds':
-    docs = mlm_data.read_tfds_documents(data_cfg.tfds_name, data_cfg.tfds_split,
-                                        data_cfg.get('tfds_data_dir'), data_cfg.max_documents)
-    return mlm_data.split_validation(docs, data_cfg.validation_fraction)
-  raise UserError(f'config.data.source must be builtin, text, tfds or prepared, got {source!r}')
+def _builtin_documents(data_cfg):
+  docs = mlm_data.builtin_documents(data_cfg.builtin_documents, seed=1234)
+  return mlm_data.split_validation(docs, data_cfg.validation_fraction)
+
+
+def _text_documents(data_cfg):
+  train_files = _files(data_cfg.train_files)
+  if not train_files:
+    raise UserError('config.data.train_files is empty (data.source=text)')
+  train = [d for f in train_files for d in mlm_data.read_text_documents(f, data_cfg.text_format)]
+  valid_files = _files(data_cfg.valid_files)
+  if not valid_files:
+    return mlm_data.split_validation(train, data_cfg.validation_fraction)
+  valid = [d for f in valid_files for d in mlm_data.read_text_documents(f, data_cfg.text_format)]
+  return train, valid
+
+
+def _tfds_documents(data_cfg):
+  docs = mlm_data.read_tfds_documents(data_cfg.tfds_name, data_cfg.tfds_split,
+                                      data_cfg.get('tfds_data_dir'), data_cfg.max_documents)
+  return mlm_data.split_validation(docs, data_cfg.validation_fraction)
+
+
+@dataclasses.dataclass
+class Corpus:
+  """A source's windows and the vocabulary their ids come from."""
+  train: batches.Windows
+  valid: batches.Windows
+  vocab_file: str
+  name: str
+
+
+def _documents_source(read_documents):
+  """A source of documents, tokenized and packed into windows in memory."""
+
+  def open_corpus(config, run: RunDir) -> Corpus:
+    train_docs, valid_docs = read_documents(config.data)
+    vocab = _vocabulary(config, run, train_docs)
+    tokenizer = tokenizers.load_tokenizer_for_packing(vocab)
+    pack = lambda docs: batches.Windows.of(
+        mlm_data.pack_windows(docs, tokenizer, config.max_seq_length))
+    return Corpus(pack(train_docs), pack(valid_docs), vocab, config.data.source)
+
+  return open_corpus
+
+
+def _prepared_source(config, run: RunDir) -> Corpus:
+  """A corpus `prepare_corpus` made: its shards memory-mapped, its own vocabulary."""
+  if not config.data.get('prepared_dir'):
+    raise UserError('config.data.prepared_dir is empty (data.source=prepared)')
+  corpus = prepared.PreparedCorpus(config.data.prepared_dir)
+  if corpus.max_seq_length != config.max_seq_length:
+    raise UserError(f'{corpus.path}: prepared with max_seq_length {corpus.max_seq_length}, '
+                    f'the config has {config.max_seq_length}')
+  return Corpus(corpus.train, corpus.valid, _corpus_vocabulary(config, run, corpus),
+                corpus.path)
+
+
+# config.data.source -> (config, run) -> Corpus
+SOURCES = {
+    'builtin': _documents_source(_builtin_documents),
+    'text': _documents_source(_text_documents),
+    'tfds': _documents_source(_tfds_documents),
+    'prepared': _prepared_source,
+}
+
+
+def open_corpus(config, run: RunDir) -> Corpus:
+  source = SOURCES.get(config.data.source)
+  if source is None:
+    raise UserError(f'config.data.source must be one of {", ".join(SOURCES)}, got '
+                    f'{config.data.source!r}')
+  return source(config, run)
 
 
 def _corpus_vocabulary(config, run: RunDir, corpus) -> str:
@@ -103,18 +155,8 @@ def build_task(config, run):
   if not 0 < config.mask_prob < 1:
     raise UserError(f'mask_prob must be in (0, 1), got {config.mask_prob}')
   run = RunDir.of(run)
-  corpus = None
-  if config.data.source == 'prepared':
-    if not config.data.get('prepared_dir'):
-      raise UserError('config.data.prepared_dir is empty (data.source=prepared)')
-    corpus = prepared.PreparedCorpus(config.data.prepared_dir)
-    if corpus.max_seq_length != config.max_seq_length:
-      raise UserError(f'{corpus.path}: prepared with max_seq_length {corpus.max_seq_length}, '
-                      f'the config has {config.max_seq_length}')
-    vocab_source = _corpus_vocabulary(config, run, corpus)
-  else:
-    train_docs, valid_docs = load_documents(config.data, config.seed)
-    vocab_source = _vocabulary(config, run, train_docs)
+  corpus = open_corpus(config, run)
+  vocab_source = corpus.vocab_file
   tokenizer = tokenizers.load_tokenizer_for_packing(vocab_source)
   model_cfg, params = initial_model.load(config, 'BertForMaskedLM', vocab_size=len(tokenizer))
   if model_cfg.vocab_size < len(tokenizer):
@@ -125,35 +167,26 @@ def build_task(config, run):
   if is_main:
     run.write_run_files(config, model_cfg, vocab_source)
 
-  spec = mlm_data.MaskingSpec(
+  spec = batches.MaskingSpec(
       vocab_size=len(tokenizer), mask_token_id=tokenizer.mask_token_id,
       special_ids=tuple(tokenizer.all_special_ids), mask_prob=config.mask_prob,
-      max_predictions=mlm_data.num_predictions(config.max_seq_length, config.mask_prob))
+      max_predictions=batches.num_predictions(config.max_seq_length, config.mask_prob))
   global_batch = parallel.global_batch_size(config)
   pid, nproc = jax.process_index(), jax.process_count()
-  if corpus is not None:
-    batches = prepared.PreparedMLMBatches(corpus.train, spec, global_batch, config.seed, pid,
-                                          nproc)
+  train = batches.MLMBatches(corpus.train, spec, global_batch, config.seed, pid, nproc)
+  batch_metrics = make_batch_metrics(bert.build_model(model_cfg))
+  task = loop.Task(
+      model_config=model_cfg, params=params, batch_metrics=batch_metrics,
+      train_batch=train.batch,
+      evaluate=loop.summed_evaluation(batch_metrics, lambda: batches.eval_batches(
+          corpus.valid, spec, global_batch, config.eval_batches, pid, nproc)),
+      items_per_step=global_batch * config.max_seq_length, unit='tok')
+  if is_main:
     n_valid = len(corpus.valid)
     if config.eval_batches:
       n_valid = min(n_valid, config.eval_batches * global_batch)
-    valid_windows = corpus.valid.take(np.arange(n_valid)).astype(np.int32)
-    n_train = len(corpus.train)
-  else:
-    train_windows = mlm_data.pack_windows(train_docs, tokenizer, config.max_seq_length)
-    valid_windows = mlm_data.pack_windows(valid_docs, tokenizer, config.max_seq_length)
-    batches = mlm_data.MLMBatches(train_windows, spec, global_batch, config.seed, pid, nproc)
-    n_train = len(train_windows)
-  task = loop.Task(
-      model_config=model_cfg, params=params,
-      batch_metrics=make_batch_metrics(bert.build_model(model_cfg)),
-      train_batch=batches.batch,
-      eval_batches=lambda: mlm_data.eval_batches(valid_windows, spec, global_batch,
-                                                 config.eval_batches, pid, nproc),
-      items_per_step=global_batch * config.max_seq_length, unit='tok')
-  if is_main:
-    print(f'MLM: {n_train} train / {len(valid_windows)} valid windows of '
-          f'{config.max_seq_length} tokens, {batches.steps_per_epoch} steps per epoch, '
+    print(f'MLM: {len(corpus.train)} train / {n_valid} valid windows of '
+          f'{config.max_seq_length} tokens, {train.steps_per_epoch} steps per epoch, '
           f'global batch {global_batch} on {jax.device_count()} devices; model '
           f'{model_cfg.num_hidden_layers}x{model_cfg.hidden_size}, binarize '
           f'{model_cfg.binarize}', flush=True)
