@@ -12,15 +12,31 @@ class UserError(Exception):
 
 
 class DiskFullError(UserError):
-  """A save ran out of space. I/O libraries may still print their aftermath on the way out
-  (closed event loops of failed writes); after the one line nothing more is said."""
+  """A save ran out of space. The I/O libraries' writes still in flight fail later, on their
+  own threads, each printing a traceback (closed event loops); so from the failure on, file
+  descriptor 2 is silenced (`silence_stderr`) and the one line goes to the real stderr."""
+
+
+_real_stderr = []  # the saved descriptor of stderr while descriptor 2 is silenced
+
+
+def silence_stderr():
+  """Points file descriptor 2 at /dev/null for the rest of the process (what threads print
+  there is lost), keeping the real stderr for `exit_with_error`."""
+  sys.stderr.flush()
+  if not _real_stderr:
+    _real_stderr.append(os.dup(2))
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, 2)
+  os.close(devnull)
 
 
 def exit_with_error(message) -> None:
   """Ends the process the way every entry point reports a user's mistake: one line, status 2."""
-  print(f'error: {message}', file=sys.stderr, flush=True)
-  if isinstance(message, DiskFullError):
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stderr.fileno())
+  if _real_stderr:
+    sys.stderr.flush()
+    os.write(_real_stderr[0], f'error: {message}\n'.encode('utf-8', 'replace'))
+  else:
+    print(f'error: {message}', file=sys.stderr, flush=True)
   sys.exit(2)
 

@@ -1,11 +1,11 @@
-"""BERT-base binary MLM pretraining as the seed write-up ran it, for Cloud TPU.
+"""BERT-base binary MLM pretraining as the write-up ran it, for Cloud TPU.
 
     python -m bitmaps_jax prepare_corpus --vocab=BERT_DIR --out=/data/wiki128 \
         --tfds_name=wikipedia/20230601.en
     python train.py --config configs/pretrain.py:layers --workdir /shared/run \
         --config.init_checkpoint=BERT_DIR --config.data.prepared_dir=/data/wiki128
 
-The argument picks the row of the seed's Table 1: `original` (no binarization), `layers`
+The argument picks the row of the write-up's Table 1: `original` (no binarization), `layers`
 (encoder dense layers binarized with alpha and gamma), `layers_embeddings` (plus per_dim
 binary word embeddings). Corpus: a prepared corpus (data.prepared_dir), or TFDS / text files
 read at start-up (data.source=tfds / text).

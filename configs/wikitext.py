@@ -1,4 +1,4 @@
-"""Small-scale replay of the seed's Table 1: MiniLM-L6 MLM on wikitext-2 files, on CPU.
+"""Small-scale replay of the write-up's Table 1: MiniLM-L6 MLM on wikitext-2 files, on CPU.
 
     python train.py --config configs/wikitext.py:layers --workdir runs/wt-layers \
         --config.init_checkpoint=MINILM_DIR \

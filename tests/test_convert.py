@@ -55,7 +55,7 @@ def test_minilm_matches_pytorch(minilm_dir):
 @pytest.mark.parametrize('embeddings', ['none', 'per_dim', 'rank1'])
 def test_hf_round_trip_binary(tmp_path, architecture, embeddings):
   torch, transformers = _torch()
-  config = bert.model_config('tiny', architecture=architecture,
+  config = bert.sized_config('tiny', architecture=architecture,
                                binarize=dict(layers=True, embeddings=embeddings))
   params = bert.init_params(config, jax.random.PRNGKey(1))
   convert.save_hf_bert(config, params, str(tmp_path))

@@ -18,7 +18,7 @@ DENSE = ['per_tensor', 'per_channel', 'statistics', 'rank1']
 
 def _model(variant, center=False, granularity='per_tensor', architecture='BertForMaskedLM',
            center_embeddings=False):
-  cfg = bert.model_config('tiny', architecture=architecture,
+  cfg = bert.sized_config('tiny', architecture=architecture,
                             binarize=dict(layers=True, embeddings=variant, center=center,
                                           granularity=granularity,
                                           center_embeddings=center_embeddings))

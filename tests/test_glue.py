@@ -89,7 +89,7 @@ def test_length_bucketing_pads_to_short_buckets():
 
 
 def test_distillation_loss_is_zero_when_student_equals_teacher():
-  cfg = bert.model_config('tiny', architecture='BertForSequenceClassification')
+  cfg = bert.sized_config('tiny', architecture='BertForSequenceClassification')
   params = bert.init_params(cfg, jax.random.PRNGKey(0))
   model = bert.build_model(cfg)
   ids = np.random.default_rng(0).integers(5, cfg.vocab_size, (4, 12))
@@ -304,7 +304,7 @@ def test_neighbour_copies_replace_words_and_keep_punctuation_and_capitals():
 
 
 def test_binary_bert_fits_64_training_sentences(tmp_path, glue_config):
-  """The seed's failed sanity check: a binary BERT (layers binarized) must be able to fit a
+  """The write-up's failed sanity check: a binary BERT (layers binarized) must be able to fit a
   small training set; it predicted one label for everything instead."""
   from conftest import write_glue_dir
   sents, labels = write_glue_dir(tmp_path / 'glue64', n=64)

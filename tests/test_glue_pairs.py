@@ -12,7 +12,7 @@ import pytest
 
 from bitmaps_jax import cli
 from bitmaps_jax.errors import UserError
-from bitmaps_jax.model import bert as models
+from bitmaps_jax.model import bert
 from bitmaps_jax.tasks.glue import data as glue_data
 from bitmaps_jax.tasks.glue import distill, evaluate
 from bitmaps_jax.train import metrics
@@ -260,10 +260,10 @@ def test_sts_b_teacher_student_eval_and_submission(tmp_path, pair_config):
 
 
 def test_regression_distillation_is_zero_when_student_equals_teacher():
-  cfg = models.model_config('tiny', architecture='BertForSequenceClassification', num_labels=1)
-  params = models.init_params(cfg, jax.random.PRNGKey(0))
+  cfg = bert.sized_config('tiny', architecture='BertForSequenceClassification', num_labels=1)
+  params = bert.init_params(cfg, jax.random.PRNGKey(0))
   ids = np.random.default_rng(0).integers(5, cfg.vocab_size, (3, 8))
-  out = models.build_model(cfg).apply({'params': params}, ids, np.ones_like(ids))
+  out = bert.build_model(cfg).apply({'params': params}, ids, np.ones_like(ids))
   assert out.shape == (3, 1)
   np.testing.assert_array_equal(distill.squared_error(out, out[:, 0]), 0.0)
 

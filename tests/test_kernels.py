@@ -95,7 +95,7 @@ def test_rows_come_from_the_bits(kernel):
 
 
 def _mlm(embeddings, granularity='per_channel'):
-  cfg = bert.model_config('tiny', architecture='BertForMaskedLM',
+  cfg = bert.sized_config('tiny', architecture='BertForMaskedLM',
                           binarize=dict(layers=True, embeddings=embeddings,
                                         granularity=granularity))
   params = bert.init_params(cfg, jax.random.PRNGKey(0))

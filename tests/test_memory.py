@@ -12,7 +12,7 @@ def test_memory_table_is_the_packed_files_size(capsys, tmp_path):
   rows = memory.memory_table('tiny')
   assert [name for name, _ in rows] == [name for name, _, _ in memory.SETTINGS]
   for (name, nbytes), (_, cfg, dtype) in zip(rows, memory.SETTINGS):
-    config = bert.model_config('tiny', architecture='BertForMaskedLM', binarize=cfg)
+    config = bert.sized_config('tiny', architecture='BertForMaskedLM', binarize=cfg)
     params = bert.init_params(config, jax.random.PRNGKey(1))
     path = str(tmp_path / f'{dtype}.bmp')
     assert packed.save_packed(config, params, path, dtype) == nbytes, name  # real file bytes

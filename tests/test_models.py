@@ -21,7 +21,7 @@ def _count(tree):
 
 @pytest.mark.parametrize('variant', list(VARIANT_EXTRA))
 def test_parameter_counts_per_variant(variant):
-  base = bert.model_config('tiny', architecture='BertForMaskedLM')
+  base = bert.sized_config('tiny', architecture='BertForMaskedLM')
   float_params = bert.param_shapes(base)
   cfg = base.replace(binarize=dict(layers=True, embeddings=variant))
   params = bert.param_shapes(cfg)
@@ -38,14 +38,14 @@ def test_parameter_counts_per_variant(variant):
 
 
 def test_per_channel_scales_have_output_shape():
-  cfg = bert.model_config('tiny', binarize=dict(layers=True, granularity='per_channel'))
+  cfg = bert.sized_config('tiny', binarize=dict(layers=True, granularity='per_channel'))
   p = bert.param_shapes(cfg)['encoder']['layer_0']['intermediate']['dense']
   assert p['alpha'].shape == p['gamma'].shape == (cfg.intermediate_size,)
 
 
 @pytest.mark.parametrize('architecture', bert.ARCHITECTURES)
 def test_output_shapes(architecture):
-  cfg = bert.model_config('tiny', architecture=architecture, num_labels=3,
+  cfg = bert.sized_config('tiny', architecture=architecture, num_labels=3,
                             binarize=dict(layers=True, embeddings='per_dim'))
   params = bert.init_params(cfg, jax.random.PRNGKey(0))
   ids = jnp.ones((2, 9), jnp.int32)
@@ -62,7 +62,7 @@ def test_output_shapes(architecture):
 
 
 def test_bf16_compute_close_to_float32():
-  cfg = bert.model_config('tiny', architecture='BertForMaskedLM',
+  cfg = bert.sized_config('tiny', architecture='BertForMaskedLM',
                             binarize=dict(layers=True, embeddings='per_dim'))
   params = bert.init_params(cfg, jax.random.PRNGKey(0))
   ids = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 16)))
@@ -81,12 +81,12 @@ def test_bf16_compute_close_to_float32():
 
 
 def test_model_size_names():
-  assert bert.model_config('bert-large').hidden_size == 1024
-  assert bert.model_config('minilm-l6-h384').num_hidden_layers == 6
+  assert bert.sized_config('bert-large').hidden_size == 1024
+  assert bert.sized_config('minilm-l6-h384').num_hidden_layers == 6
 
 
 def test_layout_lists_exactly_the_binary_weights():
-  cfg = bert.model_config('tiny', architecture='BertForSequenceClassification',
+  cfg = bert.sized_config('tiny', architecture='BertForSequenceClassification',
                             binarize=dict(layers=True, embeddings='rank1'))
   layout = binary_params.layout(cfg)
   kernels = [p for p in layout if p[-1] == 'kernel']
@@ -97,7 +97,7 @@ def test_layout_lists_exactly_the_binary_weights():
 
 
 def test_sign_flip_fraction_counts_changed_signs():
-  cfg = bert.model_config('tiny', binarize=dict(layers=True))
+  cfg = bert.sized_config('tiny', binarize=dict(layers=True))
   params = bert.init_params(cfg, jax.random.PRNGKey(0))
   assert float(binary_params.sign_flip_fraction(cfg, params, params)) == 0.0
   kernel = params['encoder']['layer_0']['attention']['self']['query']['kernel']
@@ -116,7 +116,7 @@ def params_at(params, path):
 
 def test_ternary_model_dequantizes_to_the_float_model_it_computes():
   """A ternary run serves as a distillation teacher through its dequantized float form."""
-  cfg = bert.model_config('tiny', architecture='BertForSequenceClassification',
+  cfg = bert.sized_config('tiny', architecture='BertForSequenceClassification',
                             binarize=dict(layers=True, granularity='ternary'))
   params = binary_params.add_scales(cfg, bert.init_params(cfg, jax.random.PRNGKey(0)))
   ids = jnp.array([[2, 5, 7, 9, 3, 0]])
@@ -132,7 +132,7 @@ def test_ternary_model_dequantizes_to_the_float_model_it_computes():
 
 
 def _binary_model(granularity='per_channel', embeddings='none', layers=True, seed=0):
-  cfg = bert.model_config('tiny', architecture='BertForSequenceClassification',
+  cfg = bert.sized_config('tiny', architecture='BertForSequenceClassification',
                             binarize=dict(layers=layers, granularity=granularity,
                                           embeddings=embeddings))
   return cfg, binary_params.add_scales(cfg, bert.init_params(cfg, jax.random.PRNGKey(seed)))

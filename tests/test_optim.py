@@ -47,7 +47,7 @@ def _config(**changes):
 @pytest.mark.parametrize('granularity,embeddings', [('per_tensor', 'rank1'),
                                                     ('rank1', 'per_dim')])
 def test_scheme_scales_get_no_decay_and_their_own_learning_rate(granularity, embeddings):
-  model_cfg = bert.model_config('tiny', architecture='BertForMaskedLM', binarize=dict(
+  model_cfg = bert.sized_config('tiny', architecture='BertForMaskedLM', binarize=dict(
       layers=True, granularity=granularity, embeddings=embeddings))
   params = bert.init_params(model_cfg, jax.random.PRNGKey(0))
   cfg = _config()

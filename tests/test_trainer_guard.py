@@ -29,7 +29,7 @@ def _task(bad_steps):
     err = jnp.square(batch['x'] @ params['w'] - 1.0)
     return {'loss': jnp.sum(err), 'count': jnp.float32(err.shape[0])}
 
-  return trainer.Task(model_config=bert.model_config('tiny'), params={'w': jnp.zeros((4,))},
+  return trainer.Task(model_config=bert.sized_config('tiny'), params={'w': jnp.zeros((4,))},
                       batch_metrics=batch_metrics, train_batch=batch,
                       evaluate=trainer.summed_evaluation(batch_metrics, lambda: EVAL_BATCHES),
                       items_per_step=8, unit='ex')

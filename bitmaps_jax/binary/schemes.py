@@ -130,7 +130,7 @@ class _AlphaGammaDense(DenseScheme):
 
 @dataclasses.dataclass(frozen=True)
 class PerTensor(_AlphaGammaDense):
-  """One alpha and gamma per kernel (the seed's choice)."""
+  """One alpha and gamma per kernel (the write-up's choice)."""
   name: ClassVar[str] = 'per_tensor'
   reduce_all: ClassVar[bool] = True
 
@@ -320,7 +320,7 @@ class ScalarEmbedding(_AlphaGammaEmbedding):
 
 @dataclasses.dataclass(frozen=True)
 class PerDimEmbedding(_AlphaGammaEmbedding):
-  """One alpha and gamma per hidden dimension (the seed's best)."""
+  """One alpha and gamma per hidden dimension (the write-up's best)."""
   name: ClassVar[str] = 'per_dim'
   axes: ClassVar[Tuple[int, ...]] = (0,)
 

@@ -74,10 +74,12 @@ class BertConfig:
 
   @property
   def compute_dtype(self):
+    """`dtype` (a name, as configs and files hold it) as the dtype activations use."""
     return jnp.dtype(self.dtype)
 
   @property
-  def params_dtype(self):
+  def storage_dtype(self):
+    """`param_dtype` as the dtype parameters are stored in."""
     return jnp.dtype(self.param_dtype)
 
 
@@ -101,7 +103,7 @@ MODEL_SIZES = {
 }
 
 
-def model_config(size: str, **overrides) -> BertConfig:
+def sized_config(size: str, **overrides) -> BertConfig:
   """A named model size (`MODEL_SIZES`) with field overrides."""
   if size not in MODEL_SIZES:
     raise UserError(f'unknown model size {size!r}; expected one of {", ".join(MODEL_SIZES)}')
@@ -118,12 +120,12 @@ class BertOutput:
 def _dense(cfg: BertConfig, features, binary=False, name=None):
   """A dense layer; `binary` marks the encoder's six kernels, binarized when config says so."""
   return BinaryDense(features, scheme=cfg.binarize.dense_scheme if binary else None,
-                     dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype, name=name)
+                     dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype, name=name)
 
 
 def _layer_norm(cfg: BertConfig, name='LayerNorm'):
   return nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=cfg.compute_dtype,
-                      param_dtype=cfg.params_dtype, name=name)
+                      param_dtype=cfg.storage_dtype, name=name)
 
 
 class BertEmbeddings(nn.Module):
@@ -133,9 +135,9 @@ class BertEmbeddings(nn.Module):
     cfg = self.config
     self.word_embeddings = BinaryEmbed(
         cfg.vocab_size, cfg.hidden_size, scheme=cfg.binarize.embedding_scheme,
-        dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype)
+        dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype)
     embed = lambda n: nn.Embed(n, cfg.hidden_size, embedding_init=default_kernel_init,
-                               dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype)
+                               dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype)
     self.position_embeddings = embed(cfg.max_position_embeddings)
     self.token_type_embeddings = embed(cfg.type_vocab_size)
     self.LayerNorm = _layer_norm(cfg)
@@ -266,7 +268,7 @@ class BertLMPredictionHead(nn.Module):
   @nn.compact
   def __call__(self, h, decoder):
     cfg = self.config
-    bias = self.param('bias', nn.initializers.zeros, (cfg.vocab_size,), cfg.params_dtype)
+    bias = self.param('bias', nn.initializers.zeros, (cfg.vocab_size,), cfg.storage_dtype)
     h = BertPredictionTransform(cfg, name='transform')(h)
     return decoder(h) + bias.astype(h.dtype)
 

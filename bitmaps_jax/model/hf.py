@@ -183,7 +183,7 @@ def load_hf_bert(path: str, binarize_cfg: Optional[BinarizeConfig] = None,
     if value.shape != expected[key].shape:
       raise UserError(f'{file}: weight {name!r} has shape {value.shape}, but config.json '
                       f'implies {expected[key].shape}')
-    flat[key] = jnp.asarray(value, config.params_dtype)
+    flat[key] = jnp.asarray(value, config.storage_dtype)
   missing = [path_to_hf(k)[0] for k in expected if k not in flat]
   if missing:
     if config.architecture != 'BertModel' and missing == ['bert.pooler.dense.weight',

@@ -133,9 +133,9 @@ def load_packed(path: str):
   for key, rec in records.items():
     if _is_signs(rec):
       packed = np.frombuffer(rec['packed_signs'], np.uint8)
-      flat[key] = unpack_signs(packed, tuple(rec['shape']), config.params_dtype)
+      flat[key] = unpack_signs(packed, tuple(rec['shape']), config.storage_dtype)
     else:
-      flat[key] = jnp.asarray(_array_from_record(rec), config.params_dtype)
+      flat[key] = jnp.asarray(_array_from_record(rec), config.storage_dtype)
   return config, traverse_util.unflatten_dict(flat)
 
 
@@ -167,7 +167,7 @@ class PackedModel:
           matrix = matrix.T
         signs[key] = kernels.pack_signs(matrix, self.kernel)
       else:
-        floats[key] = jnp.asarray(_array_from_record(r), config.params_dtype)
+        floats[key] = jnp.asarray(_array_from_record(r), config.storage_dtype)
     self.params = traverse_util.unflatten_dict(floats)
     self.packed_signs = traverse_util.unflatten_dict(signs)
     module = bert.build_model(config)

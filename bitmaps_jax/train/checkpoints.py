@@ -30,24 +30,31 @@ REQUIRED_FILES = ('_CHECKPOINT_METADATA', 'state/_METADATA', 'state/manifest.ocd
 TRASH_DIR = 'deleting'
 
 
+class _Capture:
+  text = ''
+  silence_after = False  # leave descriptor 2 silenced afterwards (errors.silence_stderr)
+
+
 @contextlib.contextmanager
 def _stderr_captured():
   """Collects what is written to file descriptor 2 meanwhile (orbax's background threads
-  print pages of asyncio errors when tensorstore fails on a damaged file); yields a list that
-  holds the text afterwards."""
+  print pages of asyncio errors when tensorstore fails on a damaged file) into the yielded
+  object's `text`."""
   sys.stderr.flush()
   saved = os.dup(2)
-  out = []
+  capture = _Capture()
   with tempfile.TemporaryFile() as tmp:
     os.dup2(tmp.fileno(), 2)
     try:
-      yield out
+      yield capture
     finally:
       sys.stderr.flush()
       os.dup2(saved, 2)
       os.close(saved)
+      if capture.silence_after:
+        errors.silence_stderr()
       tmp.seek(0)
-      out.append(tmp.read().decode('utf-8', 'replace'))
+      capture.text = tmp.read().decode('utf-8', 'replace')
 
 
 class _DropDiskFull(logging.Filter):
@@ -125,8 +132,11 @@ class CheckpointStore:
         yield
       except Exception as e:  # orbax and tensorstore wrap the OSError in several types
         failed = e
+        # Writes still in flight fail later, each with a traceback: from here to the end
+        # of the process descriptor 2 prints nothing (the error line goes to the real one).
+        noise.silence_after = files.is_disk_full(e)
     if failed is None or not files.is_disk_full(failed):
-      sys.stderr.write(noise[0])  # nothing is hidden but a full disk's aftermath
+      sys.stderr.write(noise.text)  # nothing is hidden but a full disk's aftermath
       if failed is not None:
         raise failed
       return
@@ -207,7 +217,7 @@ class CheckpointStore:
         try:
           with _stderr_captured() as noise:
             out = restore(step)
-          sys.stderr.write(noise[0])  # a good restore hides nothing
+          sys.stderr.write(noise.text)  # a good restore hides nothing
           return step, out
         except Exception as e:  # orbax and tensorstore raise many types for damaged files
           with _stderr_captured():

@@ -54,7 +54,7 @@ def load(config, architecture: str, vocab_size: int = 0, num_labels: int = 2):
   path = config.get('init_checkpoint') or ''
   rng = jax.random.PRNGKey(config.seed)
   if not path:
-    base = bert.model_config(config.model)
+    base = bert.sized_config(config.model)
     model_cfg = base.replace(
         architecture=architecture, vocab_size=vocab_size, num_labels=num_labels,
         max_position_embeddings=max(config.max_seq_length, base.max_position_embeddings),

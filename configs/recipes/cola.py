@@ -14,7 +14,7 @@ STAGE:
            four of a checkpoint every 167 steps (init_checkpoint=OUT/stage1b; seeds 0, 1)
   last     rank-1 dense scales, logits KL at temperature 1, lr 1e-4, one pass of 4 copies,
            dropout 0.05 (init_checkpoint: the mean of stage 2's last checkpoints; seeds 0-2)
-The run-specific paths (data_dir, teacher_checkpoint, init_checkpoint) and the seed come from
+The run-specific paths (data_dir, teacher_checkpoint, init_checkpoint) and config.seed come from
 flags. Fields are set in groups, by the code that reads them.
 """
 
