@@ -210,31 +210,49 @@ CASES = [
      lambda r, t, s: ['eval.py', f'--workdir={_copy(r, "glue", t)}', f'--packed={s["file"]}'],
      'vocab_size 100 in the file, '),
     ('predict-vocabulary-larger-than-the-model', lambda r, t: {'vocab': _vocab(t, 600)},
-     lambda r, t, s: ['-m', 'bitmaps_jax', 'predict', _packed(r, 'glue'),
+     lambda r, t, s: ['-m', 'bitmaps_jax', 'predict', _packed_without_vocabulary(r, t),
                       f'--vocab={s["vocab"]}', 'a red ball'],
      'big.txt: the vocabulary has 600 tokens, the model '),
+    ('predict-another-vocabulary-of-the-same-size', lambda r, t: {'vocab': _vocab(t, 44)},
+     lambda r, t, s: ['-m', 'bitmaps_jax', 'predict', _packed(r, 'glue'),
+                      f'--vocab={s["vocab"]}', 'a red ball'],
+     'was trained with 44 tokens, sha256 738039824cab; use the vocabulary of the run'),
+    ('eval-packed-trained-with-another-vocabulary',
+     lambda r, t: {'file': _edited_packed(r, t, vocab={'tokens_sha256': '0' * 64})},
+     lambda r, t, s: ['eval.py', f'--workdir={_copy(r, "glue", t)}', f'--packed={s["file"]}'],
+     'vocabulary of 44 tokens, sha256 000000000000 in the file, 44 tokens, sha256 738039824cab '
+     'in the run'),
 ]
 
 
 def _packed(runs, name):
-  """The packed file of a finished run (exported once, as `export` writes it)."""
+  """The packed file of a finished run, exported once by the `export` command."""
   path = runs['root'] / f'{name}.bmp'
   if not path.exists():
-    from bitmaps_jax.model import packed
-    from bitmaps_jax.train.rundir import RunDir
-    packed.save_packed(*RunDir(str(runs[name])).load_model(), str(path))
+    out = _run(['-m', 'bitmaps_jax', 'export', str(runs[name]), str(path)])
+    assert out.returncode == 0, out.stderr[-2000:]
   return str(path)
 
 
-def _edited_packed(runs, tmp_path, **changes):
-  """The GLUE run's packed file with `changes` made to its stored config and a checksum
-  that matches, as a hand edit would leave it."""
+def _packed_without_vocabulary(runs, tmp_path):
+  """The GLUE run's packed file as a file that records no vocabulary (an older export)."""
+  from bitmaps_jax.model import packed
+  from bitmaps_jax.train.rundir import RunDir
+  path = tmp_path / 'novocab.bmp'
+  packed.save_packed(*RunDir(str(runs['glue'])).load_model(), str(path))
+  return str(path)
+
+
+def _edited_packed(runs, tmp_path, vocab=None, **changes):
+  """The GLUE run's packed file with `changes` made to its stored config (and `vocab` to its
+  vocabulary record) and a checksum that matches, as a hand edit would leave it."""
   import msgpack
   import zlib
   from bitmaps_jax.model import packed
   data = open(_packed(runs, 'glue'), 'rb').read()
   payload = msgpack.unpackb(data[packed._HEADER.size:], raw=False)
   payload['config'] = json.dumps(dict(json.loads(payload['config']), **changes))
+  payload['vocab'].update(vocab or {})
   body = msgpack.packb(payload, use_bin_type=True)
   path = tmp_path / 'edited.bmp'
   path.write_bytes(packed._HEADER.pack(packed.MAGIC, zlib.crc32(body), len(body)) + body)

@@ -1,13 +1,17 @@
 """The packed model file: 1 bit per binary weight, every other tensor in 16 bits, plus the config.
 
 Layout: 8-byte magic, 4-byte CRC32 of the body, 8-byte body length, then a msgpack body
-{'config': json, 'float_dtype': str, 'tensors': {'a/b/kernel': array or packed signs}}.
-The CRC and length catch truncated or damaged files before anything is decoded.
+{'config': json, 'float_dtype': str, 'tensors': {'a/b/kernel': array or packed signs},
+'vocab': the identity of the vocabulary the model was trained with (size and a hash of its
+tokens), when the exporter knew it}. The CRC and length catch truncated or damaged files before
+anything is decoded.
 """
 
+import dataclasses
 import json
 import struct
 import zlib
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -36,8 +40,10 @@ def _array_from_record(r: dict) -> np.ndarray:
   return np.frombuffer(r['data'], dtype=dtype).reshape(r['shape'])
 
 
-def packed_bytes(config: BertConfig, params, float_dtype: str = 'float16') -> bytes:
-  """Serializes `params` of `config` into the packed format, returning the file's bytes."""
+def packed_bytes(config: BertConfig, params, float_dtype: str = 'float16',
+                 vocab: Optional[dict] = None) -> bytes:
+  """Serializes `params` of `config` (and the identity of its vocabulary, if given) into the
+  packed format, returning the file's bytes."""
   if float_dtype not in FLOAT_DTYPES:
     raise UserError(f'float_dtype {float_dtype!r} is not one of {", ".join(FLOAT_DTYPES)}')
   stored, flat, binary = binary_params.packed_form(config, params)
@@ -49,20 +55,37 @@ def packed_bytes(config: BertConfig, params, float_dtype: str = 'float16') -> by
                       'shape': list(w.shape)}
     else:
       tensors[key] = _array_record(np.asarray(w).astype(jnp.dtype(float_dtype)))
-  body = msgpack.packb({'config': json.dumps(stored.to_dict()),
-                        'float_dtype': float_dtype, 'tensors': tensors}, use_bin_type=True)
+  payload = {'config': json.dumps(stored.to_dict()), 'float_dtype': float_dtype,
+             'tensors': tensors}
+  if vocab is not None:
+    payload['vocab'] = dict(vocab)
+  body = msgpack.packb(payload, use_bin_type=True)
   return _HEADER.pack(MAGIC, zlib.crc32(body), len(body)) + body
 
 
-def save_packed(config: BertConfig, params, path: str, float_dtype: str = 'float16') -> int:
+def save_packed(config: BertConfig, params, path: str, float_dtype: str = 'float16',
+                vocab: Optional[dict] = None) -> int:
   """Writes the packed file (local or remote) atomically. Returns its size in bytes."""
-  data = packed_bytes(config, params, float_dtype)
+  data = packed_bytes(config, params, float_dtype, vocab)
   files.write_bytes(path, data)
   return len(data)
 
 
+@dataclasses.dataclass
+class PackedFile:
+  config: BertConfig
+  records: dict  # {param path: record}, still packed
+  vocab: Optional[dict]  # the vocabulary's identity, None in files that do not record it
+
+
 def read_packed(path: str):
   """(config, {path: record}) of a packed file, checked; records are still packed."""
+  f = read_packed_file(path)
+  return f.config, f.records
+
+
+def read_packed_file(path: str) -> PackedFile:
+  """A packed file, checked: every tensor's shape and dtype against the stored config."""
   if not files.isfile(path):
     raise UserError(f'{path}: packed model file not found')
   data = files.read_bytes(path)
@@ -90,7 +113,10 @@ def read_packed(path: str):
     problem = _record_problem(records[key], tuple(expected[key].shape), float_dtype)
     if problem:
       raise UserError(f'{path}: tensor {"/".join(key)} {problem}')
-  return config, records
+  vocab = payload.get('vocab')
+  if vocab is not None and not (isinstance(vocab, dict) and {'size', 'tokens_sha256'} <= set(vocab)):
+    raise UserError(f'{path}: unreadable vocabulary record {vocab!r}')
+  return PackedFile(config, records, vocab)
 
 
 def _record_problem(record, shape: tuple, float_dtype: str) -> str:

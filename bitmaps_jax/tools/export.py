@@ -14,6 +14,7 @@ from bitmaps_jax import cli
 from bitmaps_jax import files
 from bitmaps_jax.errors import UserError
 from bitmaps_jax.model import hf, packed
+from bitmaps_jax.tasks import tokenizer as tokenizers
 from bitmaps_jax.train.rundir import RunDir
 
 
@@ -38,9 +39,9 @@ def _main(positional):
   if not files.is_remote(out_dir) and not files.isdir(out_dir):  # (buckets have no directories)
     raise UserError(f'{out_file}: directory {out_dir} does not exist')
   config, params = run.load_model()
-  size = packed.save_packed(config, params, out_file, args.float_dtype)
+  vocab = tokenizers.vocab_identity(tokenizers.load_tokenizer(run.vocab_file))
+  size = packed.save_packed(config, params, out_file, args.float_dtype, vocab)
   print(f'{out_file}: {size} bytes ({size / 2**20:.2f} MiB)')
-
 
 
 def main(argv=None):

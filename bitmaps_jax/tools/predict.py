@@ -23,7 +23,8 @@ import numpy as np
 
 from bitmaps_jax import cli
 from bitmaps_jax.errors import UserError
-from bitmaps_jax.model.packed import PackedModel, read_packed
+from bitmaps_jax.model.packed import PackedModel, read_packed_file
+from bitmaps_jax.tasks import tokenizer as tokenizers
 from bitmaps_jax.tasks.tokenizer import load_tokenizer
 
 
@@ -53,13 +54,19 @@ def predict(model: PackedModel, tokenizer, sentences, max_seq_length: int = 128,
   return rows
 
 
-def check_vocabulary(vocab: str, num_tokens: int, model_file: str, vocab_size: int) -> None:
-  """Refuses a vocabulary with more tokens than the model has rows: its ids would index
-  past the embeddings (a smaller one is how a run may start from a larger checkpoint)."""
-  if num_tokens > vocab_size:
-    raise UserError(f'{vocab}: the vocabulary has {num_tokens} tokens, the model {model_file} '
-                    f'has vocab_size {vocab_size}; use the vocabulary of the run it was '
-                    f'exported from')
+def check_vocabulary(vocab: str, tokenizer, model_file: str, packed) -> None:
+  """Refuses a vocabulary the model was not trained with: the one the file records (size and
+  a hash of its tokens), or, in a file that records none, one with more tokens than the
+  model has rows (its ids would index past the embeddings)."""
+  given = tokenizers.vocab_identity(tokenizer)
+  if packed.vocab is not None and given != packed.vocab:
+    raise UserError(f'{vocab}: the vocabulary has {tokenizers.describe_vocab(given)}, the model '
+                    f'{model_file} was trained with {tokenizers.describe_vocab(packed.vocab)}; '
+                    f'use the vocabulary of the run it was exported from')
+  if given['size'] > packed.config.vocab_size:
+    raise UserError(f'{vocab}: the vocabulary has {given["size"]} tokens, the model '
+                    f'{model_file} has vocab_size {packed.config.vocab_size}; use the '
+                    f'vocabulary of the run it was exported from')
 
 
 def read_pairs(path: str):
@@ -137,10 +144,10 @@ def _main(positional):
   if FLAGS.batch < 1:
     raise UserError(f'--batch must be at least 1, got {FLAGS.batch}')
   examples = iter(_examples(positional[1:], FLAGS))
-  config, records = read_packed(positional[0])
+  packed = read_packed_file(positional[0])
   tokenizer = load_tokenizer(FLAGS.vocab)
-  check_vocabulary(FLAGS.vocab, len(tokenizer), positional[0], config.vocab_size)
-  model = PackedModel(config, records, kernel=FLAGS.kernel)
+  check_vocabulary(FLAGS.vocab, tokenizer, positional[0], packed)
+  model = PackedModel(packed.config, packed.records, kernel=FLAGS.kernel)
   count, busy = 0, 0.0
   while batch := list(itertools.islice(examples, FLAGS.batch)):
     first = [a for a, _ in batch]

@@ -123,9 +123,11 @@ def write_submission(task: glue_data.GlueTask, out_dir: str, idx, logits) -> str
 
 
 def check_packed_model(path: str, file_cfg: bert.BertConfig, task: glue_data.GlueTask,
-                       run_dir: str, run_cfg: bert.BertConfig) -> None:
+                       run_dir: str, run_cfg: bert.BertConfig, file_vocab=None,
+                       run_vocab=None) -> None:
   """Refuses a packed file that cannot answer the task, or that is another model than the
-  run's: its results would be saved as this run's."""
+  run's (another size, or trained with another vocabulary, where the file records one): its
+  results would be saved as this run's."""
   classifier = file_cfg.architecture == 'BertForSequenceClassification'
   if not classifier or file_cfg.num_labels != task.num_labels:
     holds = file_cfg.architecture + (f' with num_labels {file_cfg.num_labels}' if classifier
@@ -136,6 +138,9 @@ def check_packed_model(path: str, file_cfg: bert.BertConfig, task: glue_data.Glu
   differ = [d.replace(' vs ', ' in the file, ') + ' in the run'
             for d in rundir.shape_differences(file_cfg, run_cfg)
             if not d.startswith('binarize.granularity')]
+  if file_vocab is not None and run_vocab is not None and file_vocab != run_vocab:
+    differ.append(f'vocabulary of {tokenizers.describe_vocab(file_vocab)} in the file, '
+                  f'{tokenizers.describe_vocab(run_vocab)} in the run')
   if differ:
     raise UserError(f'{path}: not a model of the run {run_dir} ({"; ".join(differ)})')
 
@@ -153,9 +158,10 @@ def evaluate_run(run_dir: str, config, split: str, packed_file: str = '', step=N
   token_ids, token_types = glue_data.encode(examples, tokenizer, config.max_seq_length)
   mesh = parallel.data_mesh()
   if packed_file:
-    file_cfg, records = packed.read_packed(packed_file)
-    check_packed_model(packed_file, file_cfg, task, run_dir, run.model_config())
-    model = packed.PackedModel(file_cfg, records)
+    stored = packed.read_packed_file(packed_file)
+    check_packed_model(packed_file, stored.config, task, run_dir, run.model_config(),
+                       stored.vocab, tokenizers.vocab_identity(tokenizer))
+    model = packed.PackedModel(stored.config, stored.records)
     # The packed model runs on one device: the rows come back to the host first.
     run_packed = lambda _, batch: model(*(np.asarray(batch[k]) for k in (
         'input_ids', 'attention_mask', 'token_type_ids')))
