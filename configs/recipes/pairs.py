@@ -17,9 +17,10 @@ made for single sentences only; the passes over the data are doubled instead. Se
 128 tokens: pairs are longer than CoLA's sentences.
 """
 
+from bitmaps_jax.tasks.glue import data as glue_data
 from configs import glue
 
-TASKS = ('mrpc', 'rte', 'stsb', 'wnli')
+TASKS = tuple(name for name, task in glue_data.TASKS.items() if task.is_pair)
 STAGES = ('teacher', 'stage1', 'stage2')
 # Half an epoch of 32-example batches on each task's training file (3,667, 2,490, 5,749 and
 # 635 examples).
