@@ -29,11 +29,12 @@ def _reason(error: BaseException) -> str:
   """Why a remote store could not be reached, in words a user acts on."""
   text = f'{type(error).__name__}: {error}'
   if any(k in text for k in ('DefaultCredentialsError', 'credentials', '401', '403',
-                             'Unauthorized', 'Forbidden', 'RefreshError')):
+                             'Unauthorized', 'Unauthenticated', 'Forbidden', 'PermissionDenied',
+                             'RefreshError')):
     return 'no credentials, or they do not allow it'
   if any(k in text for k in ('ClientConnector', 'Cannot connect', 'DNS', 'Connection refused',
                              'TimeoutError', 'timed out', 'Network is unreachable',
-                             'Name or service not known')):
+                             'Name or service not known', 'Could not resolve')):
     return 'network unreachable'
   return text.strip().splitlines()[0][:200]
 

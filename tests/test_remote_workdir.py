@@ -196,3 +196,29 @@ def test_an_unreachable_bucket_is_one_line_in_bounded_time(gcs):
     assert out.returncode == 2 and len(err) == 1, out.stderr[-3000:]
     assert f'cannot reach gs://{BUCKET}' in err[0] and 'no answer in 5 s' in err[0], err
     assert time.time() - t0 < 60
+
+
+@pytest.mark.parametrize('raised,message,why', [
+    ('DefaultCredentialsError', 'Your default credentials were not found.',
+     'no credentials, or they do not allow it'),
+    ('ClientConnectorError', 'Cannot connect to host storage.googleapis.com:443 ssl:default',
+     'network unreachable'),
+    ('FailedPreconditionError', "Error executing an HTTP request: libcurl code 6 meaning "
+     "'Could not resolve hostname'", 'network unreachable')])  # tf.io.gfile, no route
+def test_why_a_bucket_cannot_be_reached_is_said_in_words(monkeypatch, raised, message, why):
+  """What the storage clients raise without credentials or without a route, as one line."""
+  from bitmaps_jax import files
+  from bitmaps_jax.errors import UserError
+  error = type(raised, (Exception,), {})(message)
+
+  class Unreachable:
+    def __init__(self, path):
+      pass
+
+    def exists(self):
+      raise error
+
+  monkeypatch.setattr(files.epath, 'Path', Unreachable)
+  with pytest.raises(UserError) as e:
+    files.check_reachable('gs://some-bucket/run')
+  assert str(e.value) == f'gs://some-bucket/run: cannot reach gs://some-bucket ({why})'
