@@ -114,7 +114,8 @@ def read_packed_file(path: str) -> PackedFile:
     if problem:
       raise UserError(f'{path}: tensor {"/".join(key)} {problem}')
   vocab = payload.get('vocab')
-  if vocab is not None and not (isinstance(vocab, dict) and {'size', 'tokens_sha256'} <= set(vocab)):
+  if vocab is not None and not (isinstance(vocab, dict) and
+                                {'size', 'tokens_sha256'} <= set(vocab)):
     raise UserError(f'{path}: unreadable vocabulary record {vocab!r}')
   return PackedFile(config, records, vocab)
 

@@ -186,16 +186,22 @@ class MLMBatches:
     self.windows, self.spec, self.seed = windows, spec, seed
     self.rows = HostRows.of(global_batch_size, process_index, process_count)
     self.steps_per_epoch = len(windows) // global_batch_size
+    self._epoch, self._permutation = None, None
 
   def global_rows(self, step: int) -> np.ndarray:
     """This process's rows of step's global batch, as positions in the epoch's order."""
     index = step % self.steps_per_epoch
     return index * self.rows.global_batch_size + self.rows.offset + np.arange(self.rows.local)
 
+  def _order(self, epoch: int) -> FeistelPermutation:
+    if self._epoch != epoch:  # one permutation per epoch, not per step
+      self._epoch, self._permutation = epoch, FeistelPermutation(len(self.windows), self.seed,
+                                                                 epoch)
+    return self._permutation
+
   def batch(self, step: int) -> dict:
-    epoch = step // self.steps_per_epoch
     rows = self.global_rows(step)
-    order = FeistelPermutation(len(self.windows), self.seed, epoch)
+    order = self._order(step // self.steps_per_epoch)
     return mask_rows(self.windows.take(order(rows)), self.spec, self.seed, step, rows)
 
 

@@ -51,7 +51,6 @@ class Corpus:
   train: batches.Windows
   valid: batches.Windows
   vocab_file: str
-  name: str
 
 
 def _documents_source(read_documents):
@@ -63,7 +62,7 @@ def _documents_source(read_documents):
     tokenizer = tokenizers.load_tokenizer_for_packing(vocab)
     pack = lambda docs: batches.Windows.of(
         mlm_data.pack_windows(docs, tokenizer, config.max_seq_length))
-    return Corpus(pack(train_docs), pack(valid_docs), vocab, config.data.source)
+    return Corpus(pack(train_docs), pack(valid_docs), vocab)
 
   return open_corpus
 
@@ -76,8 +75,7 @@ def _prepared_source(config, run: RunDir) -> Corpus:
   if corpus.max_seq_length != config.max_seq_length:
     raise UserError(f'{corpus.path}: prepared with max_seq_length {corpus.max_seq_length}, '
                     f'the config has {config.max_seq_length}')
-  return Corpus(corpus.train, corpus.valid, _corpus_vocabulary(config, run, corpus),
-                corpus.path)
+  return Corpus(corpus.train, corpus.valid, _corpus_vocabulary(config, run, corpus))
 
 
 # config.data.source -> (config, run) -> Corpus
