@@ -252,6 +252,7 @@ struct Work {
   // chunks write the same output, and each builds the tables of its own tokens.
   bool split_tokens;
   int64_t tiles, chunks, per_chunk;
+  uint64_t call;  // a number no other call of this process has
   std::atomic<int64_t> next{0};
   std::atomic<int64_t> done{0};
   std::mutex mu;
@@ -282,19 +283,40 @@ struct Work {
   }
 
   void Run(int64_t c) {
-    // Each chunk builds the tables it reads, a tile at a time: cheap beside the lookups, and
-    // they stay in this core's cache, not another's.
-    thread_local std::vector<float> tables;
-    tables.resize(static_cast<size_t>(kTokenTile * G * Width()));
-    const bool by_tiles = split_tokens;
-    const int64_t t0 = by_tiles ? c * per_chunk : 0;
-    const int64_t t1 = by_tiles ? std::min(tiles, (c + 1) * per_chunk) : tiles;
-    const int64_t b0 = by_tiles ? 0 : c * per_chunk;
-    const int64_t b1 = by_tiles ? NB : std::min(NB, b0 + per_chunk);
-    for (int64_t t = t0; t < t1; ++t) {
+    if (split_tokens) {  // each tile's tables are built once, by the chunk that owns it
+      thread_local std::vector<float> tables;
+      tables.resize(static_cast<size_t>(kTokenTile * G * Width()));
+      const int64_t t1 = std::min(tiles, (c + 1) * per_chunk);
+      for (int64_t t = c * per_chunk; t < t1; ++t) {
+        const int64_t m0 = t * kTokenTile;
+        Build(m0, std::min(M, m0 + kTokenTile), tables.data());
+        Tile(m0, 0, NB, tables.data());
+      }
+      return;
+    }
+    // Few tokens: every chunk reads every token's tables. Each thread builds them once per
+    // call, a tile when first needed, into its own memory, so no thread waits for a build
+    // and no core reads tables from another's cache.
+    struct Tables {
+      uint64_t call = 0;
+      std::vector<float> data;
+      std::vector<char> built;
+    };
+    thread_local Tables own;
+    if (own.call != call) {
+      own.call = call;
+      own.data.resize(static_cast<size_t>(tiles * kTokenTile * G * Width()));
+      own.built.assign(static_cast<size_t>(tiles), 0);
+    }
+    const int64_t b0 = c * per_chunk, b1 = std::min(NB, b0 + per_chunk);
+    for (int64_t t = 0; t < tiles; ++t) {
       const int64_t m0 = t * kTokenTile;
-      Build(m0, std::min(M, m0 + kTokenTile), tables.data());
-      Tile(m0, b0, b1, tables.data());
+      float* tables = own.data.data() + t * kTokenTile * G * Width();
+      if (!own.built[t]) {
+        Build(m0, std::min(M, m0 + kTokenTile), tables);
+        own.built[t] = 1;
+      }
+      Tile(m0, b0, b1, tables);
     }
   }
 
@@ -330,6 +352,8 @@ ffi::Error SignMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   work->G = G;
   work->NB = NB;
   work->path = ChoosePath();
+  static std::atomic<uint64_t> calls{0};
+  work->call = ++calls;
   if (work->M == 0 || n == 0) return ffi::Error::Success();
   const int64_t threads = std::max<int64_t>(1, pool.num_threads());
   work->tiles = (work->M + kTokenTile - 1) / kTokenTile;
