@@ -125,9 +125,11 @@ def row_signs(p: PackedSigns, ids, dtype=jnp.float32):
   table transposed (hidden inputs, vocab outputs), so a row is one output's column."""
   check(p)
   ids = jnp.asarray(ids)
-  if p.kernel == 'ffi':  # lut4: row i is lane i % 8 of the words of block i // 8
-    words = jnp.take(p.data, ids // 8, axis=0)  # (..., G)
-    code = (words >> (4 * (ids % 8)).astype(jnp.uint32)[..., None]) & 15
+  if p.kernel == 'ffi':  # lut4: row i is nibble (i % 16) // 2 of word i % 2 of pair i // 16
+    words = jnp.take(p.data, ids // 16, axis=0)  # (..., G, 2)
+    lane = ids % 16
+    words = jnp.where((lane % 2 == 0)[..., None], words[..., 0], words[..., 1])  # (..., G)
+    code = (words >> (4 * (lane // 2)).astype(jnp.uint32)[..., None]) & 15
     nib = jnp.where(code & 8, ~code & 7, (code & 7) | 8)
     bits = jnp.stack([(nib >> i) & 1 for i in range(4)], -1)  # (..., G, 4)
     bits = bits.reshape(ids.shape + (-1,))[..., :p.k]

@@ -2,9 +2,10 @@
 
 Each kernel reads its own arrangement of the same bits, made once when a model is loaded:
 
-- `lut4` (the CPU kernel): uint32 words [ceil(N/8), ceil(K/4)]; nibble l of word (b, g) is the
-  code of output 8b + l for inputs 4g..4g+3 (see csrc/sign_matmul.cc): its low three bits
-  index an eight-entry table of signed sums and bit 3 says "negate" (the table's symmetry).
+- `lut4` (the CPU kernel): uint32 words [ceil(N/16), ceil(K/4), 2]; nibble i of word (p, g, h)
+  is the code of output 16p + 2i + h for inputs 4g..4g+3 (see csrc/sign_matmul.cc): its low
+  three bits index an eight-entry table of signed sums and bit 3 says "negate" (the table's
+  symmetry). The two words of (p, g) are one 64-bit load for sixteen outputs.
 - `planes` (Pallas and XLA): uint8 [ceil(K/8), N]; bit p of byte (r, j) is B[p * K8 + r, j],
   so unpacking is eight shifts stacked along K, with no interleaving.
 
@@ -24,29 +25,30 @@ def _bits(signs) -> np.ndarray:
 
 
 def pack_lut4(signs) -> np.ndarray:
-  """+-1 (K, N) -> uint32 [ceil(N/8), ceil(K/4)] in the `lut4` layout."""
+  """+-1 (K, N) -> uint32 [ceil(N/16), ceil(K/4), 2] in the `lut4` layout."""
   bits = _bits(signs)
   k, n = bits.shape
-  g, nb = -(-k // 4), -(-n // 8)
-  padded = np.ones((4 * g, 8 * nb), bool)
+  g, npairs = -(-k // 4), -(-n // 16)
+  padded = np.ones((4 * g, 16 * npairs), bool)
   padded[:k, :n] = bits
-  nib = padded.reshape(g, 4, nb, 8).astype(np.uint32)
-  n4 = nib[:, 0] | nib[:, 1] << 1 | nib[:, 2] << 2 | nib[:, 3] << 3  # (g, nb, 8)
+  nib = padded.reshape(g, 4, 16 * npairs).astype(np.uint32)
+  n4 = nib[:, 0] | nib[:, 1] << 1 | nib[:, 2] << 2 | nib[:, 3] << 3  # (g, outputs)
   code = np.where(n4 & 8, n4 & 7, (~n4 & 7) | 8).astype(np.uint32)
-  words = np.zeros((nb, g), np.uint32)
-  for lane in range(8):
-    words |= code[:, :, lane].T << np.uint32(4 * lane)
+  code = code.reshape(g, npairs, 8, 2)  # output 16p + 2i + h -> [:, p, i, h]
+  words = np.zeros((npairs, g, 2), np.uint32)
+  for i in range(8):
+    words |= code[:, :, i, :].transpose(1, 0, 2) << np.uint32(4 * i)
   return words
 
 
 def unpack_lut4(words: np.ndarray, k: int, n: int) -> np.ndarray:
   """Inverse of `pack_lut4`: +-1 float32 (K, N)."""
   words = np.asarray(words, np.uint32)
-  nb, g = words.shape
-  code = np.stack([(words >> np.uint32(4 * l)) & 15 for l in range(8)], -1)  # (nb, g, 8)
+  npairs, g, _ = words.shape
+  code = np.stack([(words >> np.uint32(4 * i)) & 15 for i in range(8)], 2)  # (p, g, i, h)
   n4 = np.where(code & 8, ~code & 7, (code & 7) | 8)
-  bits = np.stack([(n4 >> i) & 1 for i in range(4)], 2)  # (nb, g, 4, 8)
-  dense = bits.transpose(1, 2, 0, 3).reshape(4 * g, 8 * nb)[:k, :n]
+  bits = np.stack([(n4 >> b) & 1 for b in range(4)], 2)  # (p, g, bit, i, h)
+  dense = bits.transpose(1, 2, 0, 3, 4).reshape(4 * g, 16 * npairs)[:k, :n]
   return dense.astype(np.float32) * 2 - 1
 
 
@@ -72,5 +74,5 @@ def pack(signs, layout: str) -> np.ndarray:
 def packed_shape(k: int, n: int, layout: str):
   """(shape, dtype name) of `pack(signs (k, n), layout)`."""
   if layout == 'lut4':
-    return (-(-n // 8), -(-k // 4)), 'uint32'
+    return (-(-n // 16), -(-k // 4), 2), 'uint32'
   return (-(-k // 8), n), 'uint8'

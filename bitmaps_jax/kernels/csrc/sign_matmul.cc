@@ -7,10 +7,13 @@
 // AVX2 looks up eight outputs at once with vpermps, AVX-512 sixteen; a portable C++ path
 // runs elsewhere. The CPU is asked at run time.
 //
-// Weight layout ("lut4"): uint32 words [ceil(N / 8), ceil(K / 4)]. Word (b, g) holds, in its
-// nibble l, the code of output 8b + l for inputs 4g .. 4g + 3: with n = the four sign bits
-// (bit i set when B[4g + i, j] = +1), code = n & 7 when bit 3 is set, else (~n & 7) | 8; the
-// low three bits index the eight-entry table and bit 3 says "negate".
+// Weight layout ("lut4"): uint32 words [ceil(N / 16), ceil(K / 4), 2]. Word (p, g, h) holds,
+// in its nibble i, the code of output 16p + 2i + h for inputs 4g .. 4g + 3: with n = the four
+// sign bits (bit i set when B[4g + i, j] = +1), code = n & 7 when bit 3 is set, else
+// (~n & 7) | 8; the low three bits index the eight-entry table and bit 3 says "negate". The
+// two words of (p, g) are one 64-bit load broadcast to every lane: dword lane j of it is word
+// j % 2, and a per-lane shift by 4 (j / 2) leaves output 16p + j's code in lane j, with no
+// shuffle (the shuffle unit is busy with the lookups).
 
 #include <algorithm>
 #include <atomic>
@@ -33,39 +36,43 @@ namespace ffi = xla::ffi;
 namespace {
 
 constexpr int kGroupBlock = 64;  // groups of 4 inputs per pass: 8 tokens' tables stay in L1
+// Tokens per tile, their accumulators in registers. Sixteen fit AVX-512's registers but ran
+// slower than eight on the 2-core AMD EPYC measured.
 constexpr int kTokenTile = 8;
 // A tile's outputs are computed kSuperBlock blocks of 8 at a time, so that their partial sums
 // (8 tokens x 512 outputs) stay in L1 between group blocks however wide the matrix is (the
 // tied decoder has 30522 outputs). Even: AVX-512 pairs of blocks never straddle two.
 constexpr int64_t kSuperBlock = 64;
 
-// Eight-entry tables for tokens [m0, m1): tables[(m - m0) * G + g][e] (`width` floats apart:
-// 8, or 16 with the negated copy in the second half, for AVX-512).
-// Tables of group g of one row (`width` floats apart: 8, or 16 with the negated copy in the
-// second half, for AVX-512); inputs past the row's end count as 0.
+// The tables of a tile of T tokens [m0, m1), group-major: token t's table for group g is at
+// tables + (g T + t) width, `width` floats: 8, or 16 with the negated copy in the second half
+// for AVX-512. Group-major keeps a group's T tables in consecutive cache lines; token-major
+// put them G * 64 bytes apart, often one L1 set.
+// One table (group g of one row); inputs past the row's end count as 0.
 void TailGroup(const float* row, int64_t K, int64_t g, int width, float* t) {
   float v[4];
   for (int i = 0; i < 4; ++i) v[i] = 4 * g + i < K ? row[4 * g + i] : 0.0f;
   for (int e = 0; e < 8; ++e) {
     const float s = v[3] + ((e & 1) ? v[0] : -v[0]) + ((e & 2) ? v[1] : -v[1]) +
                     ((e & 4) ? v[2] : -v[2]);
-    t[g * width + e] = s;
-    if (width == 16) t[g * width + 8 + e] = -s;
+    t[e] = s;
+    if (width == 16) t[8 + e] = -s;
   }
 }
 
 void BuildTablesPortable(const float* x, int64_t K, int64_t G, int64_t m0, int64_t m1,
-                         int width, float* tables) {
+                         int64_t T, int width, float* tables) {
   for (int64_t m = m0; m < m1; ++m)
-    for (int64_t g = 0; g < G; ++g) TailGroup(x + m * K, K, g, width, tables + (m - m0) * G * width);
+    for (int64_t g = 0; g < G; ++g)
+      TailGroup(x + m * K, K, g, width, tables + (g * T + (m - m0)) * width);
 }
 
 #ifdef BITMAPS_X86
 // The same sums, eight entries at once: x3 + s0 x0 + s1 x1 + s2 x2 with s_i = +-1 per entry,
 // added in the portable path's order so both give identical tables.
 __attribute__((target("avx2,fma"))) void BuildTablesAvx2(const float* x, int64_t K, int64_t G,
-                                                         int64_t m0, int64_t m1, int width,
-                                                         float* tables) {
+                                                         int64_t m0, int64_t m1, int64_t T,
+                                                         int width, float* tables) {
   const __m256 s0 = _mm256_setr_ps(-1, 1, -1, 1, -1, 1, -1, 1);
   const __m256 s1 = _mm256_setr_ps(-1, -1, 1, 1, -1, -1, 1, 1);
   const __m256 s2 = _mm256_setr_ps(-1, -1, -1, -1, 1, 1, 1, 1);
@@ -73,26 +80,27 @@ __attribute__((target("avx2,fma"))) void BuildTablesAvx2(const float* x, int64_t
   const int64_t full = K / 4;  // groups with all four inputs present
   for (int64_t m = m0; m < m1; ++m) {
     const float* row = x + m * K;
-    float* t = tables + (m - m0) * G * width;
+    float* t = tables + (m - m0) * width;
+    const int64_t step = T * width;
     for (int64_t g = 0; g < full; ++g) {
       const float* v = row + 4 * g;
       __m256 s = _mm256_add_ps(_mm256_set1_ps(v[3]), _mm256_mul_ps(s0, _mm256_set1_ps(v[0])));
       s = _mm256_add_ps(s, _mm256_mul_ps(s1, _mm256_set1_ps(v[1])));
       s = _mm256_add_ps(s, _mm256_mul_ps(s2, _mm256_set1_ps(v[2])));
-      _mm256_storeu_ps(t + g * width, s);
-      if (width == 16) _mm256_storeu_ps(t + g * width + 8, _mm256_xor_ps(s, signbit));
+      _mm256_storeu_ps(t + g * step, s);
+      if (width == 16) _mm256_storeu_ps(t + g * step + 8, _mm256_xor_ps(s, signbit));
     }
-    if (full < G) TailGroup(row, K, full, width, t);
+    if (full < G) TailGroup(row, K, full, width, t + full * step);
   }
 }
 #endif
 
-void BuildTables(const float* x, int64_t K, int64_t G, int64_t m0, int64_t m1, int width,
-                 bool vector, float* tables) {
+void BuildTables(const float* x, int64_t K, int64_t G, int64_t m0, int64_t m1, int64_t T,
+                 int width, bool vector, float* tables) {
 #ifdef BITMAPS_X86
-  if (vector) return BuildTablesAvx2(x, K, G, m0, m1, width, tables);
+  if (vector) return BuildTablesAvx2(x, K, G, m0, m1, T, width, tables);
 #endif
-  BuildTablesPortable(x, K, G, m0, m1, width, tables);
+  BuildTablesPortable(x, K, G, m0, m1, T, width, tables);
 }
 
 // Portable path: outputs of blocks [b0, b1) for tokens [m0, m0 + mt).
@@ -100,13 +108,13 @@ void BlockPortable(const float* tables, const uint32_t* w, int64_t G, int64_t N,
                    int mt, int64_t b0, int64_t b1, float* y) {
   for (int64_t b = b0; b < b1; ++b) {
     float acc[kTokenTile][8] = {};
-    const uint32_t* wb = w + b * G;
+    const uint32_t* wp = w + (b >> 1) * G * 2;
+    const int half = static_cast<int>(b & 1);  // lanes 8 half .. 8 half + 7 of the pair
     for (int64_t g = 0; g < G; ++g) {
-      const uint32_t word = wb[g];
       for (int t = 0; t < mt; ++t) {
-        const float* tab = tables + (t * G + g) * 8;
+        const float* tab = tables + (g * kTokenTile + t) * 8;
         for (int l = 0; l < 8; ++l) {
-          const uint32_t c = (word >> (4 * l)) & 15u;
+          const uint32_t c = (wp[2 * g + (l & 1)] >> (4 * (4 * half + (l >> 1)))) & 15u;
           const float v = tab[c & 7u];
           acc[t][l] += (c & 8u) ? -v : v;
         }
@@ -123,8 +131,7 @@ template <int MT>
 __attribute__((target("avx2,fma"))) void BlockAvx2(const float* tables, const uint32_t* w,
                                                    int64_t G, int64_t N, int64_t m0,
                                                    int64_t b0, int64_t b1, float* y) {
-  const __m256i right = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
-  const __m256i left = _mm256_setr_epi32(28, 24, 20, 16, 12, 8, 4, 0);
+  const __m256i right0 = _mm256_setr_epi32(0, 0, 4, 4, 8, 8, 12, 12);
   const __m256i signbit = _mm256_set1_epi32(static_cast<int>(0x80000000u));
   alignas(32) float tmp[8];
   for (int64_t g0 = 0; g0 < G; g0 += kGroupBlock) {
@@ -143,14 +150,18 @@ __attribute__((target("avx2,fma"))) void BlockAvx2(const float* tables, const ui
           acc[t] = _mm256_load_ps(tmp);
         }
       }
-      const uint32_t* wb = w + b * G;
+      const uint32_t* wp = w + (b >> 1) * G * 2;
+      const __m256i right = _mm256_add_epi32(right0, _mm256_set1_epi32(16 * (b & 1)));
+      const __m256i left = _mm256_sub_epi32(_mm256_set1_epi32(28), right);
       for (int64_t g = g0; g < g1; ++g) {
-        const __m256i word = _mm256_set1_epi32(static_cast<int>(wb[g]));
+        uint64_t pair;
+        std::memcpy(&pair, wp + 2 * g, sizeof(pair));
+        const __m256i word = _mm256_set1_epi64x(static_cast<long long>(pair));
         const __m256i idx = _mm256_srlv_epi32(word, right);
         const __m256 neg = _mm256_castsi256_ps(_mm256_and_si256(_mm256_sllv_epi32(word, left),
                                                                 signbit));
         for (int t = 0; t < MT; ++t) {
-          const __m256 tab = _mm256_loadu_ps(tables + (t * G + g) * 8);
+          const __m256 tab = _mm256_loadu_ps(tables + (g * kTokenTile + t) * 8);
           acc[t] = _mm256_add_ps(acc[t], _mm256_xor_ps(_mm256_permutevar8x32_ps(tab, idx), neg));
         }
       }
@@ -181,35 +192,31 @@ bool HasAvx2() {
 // AVX-512: sixteen outputs per lookup from a sixteen-entry table [T8, -T8] indexed by the
 // code itself, so no sign fix-up; inputs are taken in blocks whose tables stay in L1 (8
 // tokens x 16 groups x 64 bytes: 8 KB), the partial sums kept in the output between blocks.
-// Measured on a 2-core AMD EPYC, BERT-base at 1x16 tokens: 16 groups per block beat 32
-// and 64.
 constexpr int kGroupBlock512 = 16;
 
 template <int MT>
 __attribute__((target("avx512f"))) void BlockAvx512(const float* tables, const uint32_t* w,
                                                     int64_t G, int64_t N, int64_t m0,
                                                     int64_t b0, int64_t b1, float* y) {
-  const __m512i shifts = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28,
-                                           0, 4, 8, 12, 16, 20, 24, 28);
+  const __m512i shifts = _mm512_setr_epi32(0, 0, 4, 4, 8, 8, 12, 12,
+                                           16, 16, 20, 20, 24, 24, 28, 28);
   for (int64_t g0 = 0; g0 < G; g0 += kGroupBlock512) {
     const int64_t g1 = std::min<int64_t>(G, g0 + kGroupBlock512);
     for (int64_t b = b0; b < b1; b += 2) {
-      const bool pair = b + 1 < b1;
-      const uint32_t* wa = w + b * G;
-      const uint32_t* wb = pair ? wa + G : wa;
-      const int64_t lanes = std::min<int64_t>(pair ? 16 : 8, N - 8 * b);
+      const uint32_t* wp = w + (b >> 1) * G * 2;  // b is even
+      const int64_t lanes = std::min<int64_t>(16, N - 8 * b);
       const __mmask16 mask = static_cast<__mmask16>((1u << lanes) - 1u);
       __m512 acc[MT];
       for (int t = 0; t < MT; ++t)
         acc[t] = g0 == 0 ? _mm512_setzero_ps()
                          : _mm512_maskz_loadu_ps(mask, y + (m0 + t) * N + 8 * b);
       for (int64_t g = g0; g < g1; ++g) {
-        const __m512i word = _mm512_inserti64x4(
-            _mm512_castsi256_si512(_mm256_set1_epi32(static_cast<int>(wa[g]))),
-            _mm256_set1_epi32(static_cast<int>(wb[g])), 1);
-        const __m512i idx = _mm512_srlv_epi32(word, shifts);
+        uint64_t pair;
+        std::memcpy(&pair, wp + 2 * g, sizeof(pair));
+        const __m512i idx =
+            _mm512_srlv_epi32(_mm512_set1_epi64(static_cast<long long>(pair)), shifts);
         for (int t = 0; t < MT; ++t) {
-          const __m512 tab = _mm512_loadu_ps(tables + (t * G + g) * 16);
+          const __m512 tab = _mm512_loadu_ps(tables + (g * kTokenTile + t) * 16);
           acc[t] = _mm512_add_ps(acc[t], _mm512_permutexvar_ps(idx, tab));
         }
       }
@@ -266,7 +273,7 @@ struct Work {
   int Width() const { return path == 2 ? 16 : 8; }
 
   void Build(int64_t m0, int64_t m1, float* tables) const {
-    BuildTables(x, K, G, m0, m1, Width(), path > 0, tables);
+    BuildTables(x, K, G, m0, m1, kTokenTile, Width(), path > 0, tables);
   }
 
   void Tile(int64_t m0, int64_t b0, int64_t b1, const float* tables) {
@@ -342,7 +349,7 @@ ffi::Error SignMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   if (xd.size() != 2 || xd[1] != k)
     return ffi::Error::InvalidArgument("sign_matmul: x must be (tokens, k)");
   const int64_t G = (k + 3) / 4, NB = (n + 7) / 8;
-  if (wd.size() != 2 || wd[0] != NB || wd[1] != G)
+  if (wd.size() != 3 || wd[0] != (n + 15) / 16 || wd[1] != G || wd[2] != 2)
     return ffi::Error::InvalidArgument("sign_matmul: packed signs have the wrong shape");
   auto work = std::make_shared<Work>();
   work->x = x.typed_data();
@@ -359,7 +366,7 @@ ffi::Error SignMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   if (work->M == 0 || n == 0) return ffi::Error::Success();
   const int64_t threads = std::max<int64_t>(1, pool.num_threads());
   work->tiles = (work->M + kTokenTile - 1) / kTokenTile;
-  work->split_tokens = work->tiles >= 4 * threads;
+  work->split_tokens = work->tiles >= 2 * threads;
   if (work->split_tokens) {
     work->per_chunk = std::max<int64_t>(1, work->tiles / (4 * threads));
     work->chunks = (work->tiles + work->per_chunk - 1) / work->per_chunk;
