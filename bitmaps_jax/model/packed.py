@@ -200,6 +200,12 @@ class PackedModel:
     module = bert.build_model(config)
 
     def forward(params, packed_signs, input_ids, attention_mask, token_type_ids):
+      # Missing masks are made here, inside the compiled function: made outside, each is
+      # one more dispatch per call, about 0.3 ms on CPU, a few percent of a sentence.
+      if attention_mask is None:
+        attention_mask = jnp.ones_like(input_ids)
+      if token_type_ids is None:
+        token_type_ids = jnp.zeros_like(input_ids)
       return module.apply({'params': params, PACKED: packed_signs}, input_ids,
                           attention_mask, token_type_ids, deterministic=True)
 
@@ -216,12 +222,9 @@ class PackedModel:
     return sum(int(v.nbytes) for v in leaves)
 
   def _inputs(self, input_ids, attention_mask, token_type_ids):
-    input_ids = jnp.asarray(input_ids)
-    if attention_mask is None:
-      attention_mask = jnp.ones_like(input_ids)
-    if token_type_ids is None:
-      token_type_ids = jnp.zeros_like(input_ids)
-    return self.params, self.packed_signs, input_ids, attention_mask, token_type_ids
+    host = lambda a: a if a is None or isinstance(a, jax.Array) else np.asarray(a)
+    return (self.params, self.packed_signs, host(input_ids), host(attention_mask),
+            host(token_type_ids))
 
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None):
     """The model's output (logits for the MLM and classifier heads) from the packed bits."""
