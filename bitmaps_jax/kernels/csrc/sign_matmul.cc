@@ -263,7 +263,7 @@ struct Work {
   int64_t M, K, N, G, NB;
   int path;
   // A chunk is a range of token tiles (many tokens) or of output blocks (few tokens): no two
-  // chunks write the same output, and each builds the tables of its own tokens.
+  // chunks write the same output. Tables: see Run.
   bool split_tokens;
   int64_t tiles, chunks, per_chunk;
   uint64_t call;  // a number no other call of this process has
