@@ -46,16 +46,17 @@ def available() -> bool:
     return False
 
 
-PATHS = ('portable', 'avx2', 'avx512')
+PATHS = ('portable', 'avx2', 'avx512', 'amx')
 
 
 def cpu_path() -> str:
-  """The code path the kernel runs on this CPU: avx512, avx2 or portable (C++)."""
+  """The code path the kernel runs on this CPU: amx (tiles for 8 tokens or more, AVX-512
+  below), avx512, avx2 or portable (C++)."""
   return PATHS[_library().bitmaps_kernel_path()] if available() else 'none'
 
 
 def set_max_path(path: str):
-  """Caps the code path (`avx512` lets the CPU choose), e.g. to compare the portable
+  """Caps the code path (`amx` lets the CPU choose), e.g. to compare the portable
   path with the vector ones on one machine."""
   _library().bitmaps_set_max_path(PATHS.index(path))
 
