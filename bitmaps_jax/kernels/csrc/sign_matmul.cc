@@ -320,6 +320,7 @@ bool HasAmx() {
     unsigned a, b, c, d;
     if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
     if (!((d >> 22) & 1) || !((d >> 24) & 1)) return false;  // AMX-BF16, AMX-TILE
+    if (!__get_cpuid_count(7, 1, &a, &b, &c, &d) || !((a >> 5) & 1)) return false;  // AVX512-BF16
     // Linux hands tile state to a process only when asked (5.16 and later); without it the
     // first tile instruction would fault.
     constexpr long kReqXcompPerm = 0x1023, kXtileData = 18;
@@ -330,29 +331,28 @@ bool HasAmx() {
 
 // Token tile t of x (M x K float32) as three bfloat16 parts in tiles: part q of inputs
 // 32 s .. 32 s + 31 is 16 rows of 64 bytes at a + ((t KS + s) 3 + q) 512, so a token tile's
-// tiles are one sequential stream. Inputs past K and rows past M are zero.
-__attribute__((target("avx512f,avx512bw"))) void SplitTile(const float* x, int64_t M,
-                                                           int64_t K, int64_t KS, int64_t t,
-                                                           uint16_t* a) {
-  const __m512i round = _mm512_set1_epi32(0x7fff);
-  const __m512i one = _mm512_set1_epi32(1);
+// tiles are one sequential stream. Inputs past K and rows past M are zero. Each part is the
+// remainder rounded to nearest even (vcvtne2ps2bf16); the part is exact in float32, so the
+// next remainder is too.
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) void SplitTile(
+    const float* x, int64_t M, int64_t K, int64_t KS, int64_t t, uint16_t* a) {
   for (int64_t r = 0; r < kAmxTokens; ++r) {
     const int64_t m = t * kAmxTokens + r;
-    for (int64_t k = 0; k < KS * kAmxInputs; k += 16) {
-      const int64_t left = m < M ? std::max<int64_t>(0, std::min<int64_t>(16, K - k)) : 0;
-      const __mmask16 mask = static_cast<__mmask16>((1u << left) - 1u);
-      __m512 rest = _mm512_maskz_loadu_ps(mask, x + m * K + k);
-      for (int s = 0; s < 3; ++s) {
-        // Round to nearest even on the top 16 bits; the part is exact in float32, so the
-        // remainder r - part is too.
-        const __m512i u = _mm512_castps_si512(rest);
-        const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), one);
-        const __m512i hi =
-            _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, round), lsb), 16);
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(
-                                a + ((t * KS + k / 32) * 3 + s) * 512 + r * 32 + k % 32),
-                            _mm512_cvtepi32_epi16(hi));
-        rest = _mm512_sub_ps(rest, _mm512_castsi512_ps(_mm512_slli_epi32(hi, 16)));
+    for (int64_t s = 0; s < KS; ++s) {
+      const int64_t k = s * kAmxInputs;
+      const int64_t left = m < M ? std::max<int64_t>(0, std::min<int64_t>(32, K - k)) : 0;
+      const __mmask32 mask = static_cast<__mmask32>((1ull << left) - 1ull);
+      __m512 lo = _mm512_maskz_loadu_ps(static_cast<__mmask16>(mask), x + m * K + k);
+      __m512 hi = _mm512_maskz_loadu_ps(static_cast<__mmask16>(mask >> 16), x + m * K + k + 16);
+      for (int q = 0; q < 3; ++q) {
+        const __m512i part = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo));
+        _mm512_store_si512(a + ((t * KS + s) * 3 + q) * 512 + r * 32, part);
+        const __m512 part_lo = _mm512_castsi512_ps(
+            _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(part)), 16));
+        const __m512 part_hi = _mm512_castsi512_ps(
+            _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(part, 1)), 16));
+        lo = _mm512_sub_ps(lo, part_lo);
+        hi = _mm512_sub_ps(hi, part_hi);
       }
     }
   }
