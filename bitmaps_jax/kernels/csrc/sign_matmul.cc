@@ -535,8 +535,12 @@ struct AmxWork {
   }
 };
 
-void AmxMatmul(ffi::ThreadPool& pool, const float* x, const uint32_t* w, float* y, int64_t M,
-               int64_t K, int64_t N) {
+// Tokens per round of a call: the bfloat16 parts of a round's x are at most 256 x K x 6
+// bytes (4.5 MiB for BERT-base's FFN), however many tokens the call has.
+constexpr int64_t kAmxRoundTokens = 256;
+
+void AmxRound(ffi::ThreadPool& pool, const float* x, const uint32_t* w, float* y, int64_t M,
+              int64_t K, int64_t N) {
   auto work = std::make_shared<AmxWork>();
   work->x = x;
   work->w = w;
@@ -561,6 +565,12 @@ void AmxMatmul(ffi::ThreadPool& pool, const float* x, const uint32_t* w, float* 
   for (int64_t i = 0; i < helpers; ++i) pool.Schedule([work] { work->Drain(); });
   work->Drain();
   while (work->done.load(std::memory_order_acquire) != work->items) Pause();
+}
+
+void AmxMatmul(ffi::ThreadPool& pool, const float* x, const uint32_t* w, float* y, int64_t M,
+               int64_t K, int64_t N) {
+  for (int64_t m0 = 0; m0 < M; m0 += kAmxRoundTokens)
+    AmxRound(pool, x + m0 * K, w, y + m0 * N, std::min(kAmxRoundTokens, M - m0), K, N);
 }
 #else
 bool HasAvx2() { return false; }
