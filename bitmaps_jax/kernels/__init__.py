@@ -2,8 +2,10 @@
 
 One interface, three implementations picked by name:
 
-- `ffi`: the C++ CPU kernel (lookup tables over groups of four inputs, AVX2 or portable),
-  an XLA FFI custom call; built with the package.
+- `ffi`: the C++ CPU kernel, an XLA FFI custom call built with the package: lookup tables
+  over groups of four inputs (AVX-512, AVX2 or portable C++), and on CPUs with AMX tiles,
+  for 12 tokens or more, 1-bit tiles expanded to +-1 bfloat16 in L1 against x split exactly
+  into three bfloat16 parts (float32 answers either way).
 - `pallas`: TPU/GPU, packed tiles unpacked in on-chip memory before one dot.
 - `xla`: unpack inside the jitted function and let XLA multiply (the reference).
 
