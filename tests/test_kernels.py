@@ -70,10 +70,23 @@ def test_every_cpu_code_path_gives_the_same_answer(path):
                              (100, 257, 100), (130, 1000, 40), (12, 768, 64), (600, 300, 70)]:
       s = _signs(rng, k, n)
       x = rng.standard_normal((m, k)).astype(np.float32)
-      _close(jax.jit(kernels.sign_matmul)(x, kernels.pack_signs(s, 'ffi')),
-             x.astype(np.float64) @ s)
+      y, total = jax.jit(kernels.sign_matmul_and_sum)(x, kernels.pack_signs(s, 'ffi'))
+      _close(y, x.astype(np.float64) @ s)
+      _close(total, x.astype(np.float64).sum(-1, keepdims=True))
   finally:
     ffi.set_max_path(ffi.PATHS[-1])
+
+
+@pytest.mark.parametrize('kernel', KERNELS)
+def test_the_product_comes_with_the_sum_of_x(kernel):
+  rng = np.random.default_rng(5)
+  for m, k, n in [(1, 5, 3), (17, 130, 40)]:
+    s = _signs(rng, k, n)
+    x = rng.standard_normal((2, m, k)).astype(np.float32)
+    y, total = jax.jit(kernels.sign_matmul_and_sum)(x, kernels.pack_signs(s, kernel))
+    assert y.shape == (2, m, n) and total.shape == (2, m, 1)
+    _close(y, x.astype(np.float64) @ s)
+    _close(total, x.astype(np.float64).sum(-1, keepdims=True))
 
 
 @pytest.mark.parametrize('kernel', KERNELS)

@@ -54,6 +54,12 @@ class Scheme:
       return kernels.sign_matmul(x, w)
     return jnp.matmul(x, self.signs(w).astype(x.dtype))
 
+  def sign_product_and_sum(self, x, w):
+    """(x @ B, sum(x, -1, keepdims=True)); a packed `w`'s kernel may sum x as it reads it."""
+    if isinstance(w, kernels.PackedSigns):
+      return kernels.sign_matmul_and_sum(x, w)
+    return self.sign_product(x, w), jnp.sum(x, axis=-1, keepdims=True)
+
   def dequantize(self, w, scales):
     """The dense float matrix the binary weight stands for."""
     raise NotImplementedError
@@ -120,9 +126,9 @@ class _AlphaGammaDense(DenseScheme):
     return {'alpha': alpha, 'gamma': _gamma(w, axes, self.gamma_init)}
 
   def matmul(self, x, w, scales):
-    y = self.sign_product(x, w)
+    y, total = self.sign_product_and_sum(x, w)
     alpha, gamma = (scales[n].astype(x.dtype) for n in ('alpha', 'gamma'))
-    return alpha * y + gamma * jnp.sum(x, axis=-1, keepdims=True)
+    return alpha * y + gamma * total
 
   def dequantize(self, w, scales):
     return scales['alpha'] * self.signs(w) + scales['gamma']

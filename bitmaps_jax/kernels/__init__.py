@@ -9,9 +9,10 @@ One interface, three implementations picked by name:
 - `pallas`: TPU/GPU, packed tiles unpacked in on-chip memory before one dot.
 - `xla`: unpack inside the jitted function and let XLA multiply (the reference).
 
-`pack_signs` lays a +-1 matrix out for a kernel once; `sign_matmul` multiplies by it;
-`binary_matmul` adds a dense scheme's scales around it; `row_signs` looks rows of a packed
-embedding table up (its `PackedSigns` holds E^T, so the tied decoder is a `sign_matmul`).
+`pack_signs` lays a +-1 matrix out for a kernel once; `sign_matmul` multiplies by it
+(`sign_matmul_and_sum` also sums x); `binary_matmul` adds a dense scheme's scales around it;
+`row_signs` looks rows of a packed embedding table up (its `PackedSigns` holds E^T, so the
+tied decoder is a `sign_matmul`).
 """
 
 import dataclasses
@@ -93,19 +94,31 @@ def check(p: PackedSigns):
                     f'{dtype} {shape}, got {p.data.dtype} {tuple(p.data.shape)}')
 
 
-def sign_matmul(x, p: PackedSigns):
-  """x (..., k) @ B (k, n), reading B's bits."""
+def _checked(x, p: PackedSigns):
   check(p)
   if x.shape[-1] != p.k:
     raise UserError(f'sign_matmul: x has {x.shape[-1]} features, the packed matrix {p.k} inputs')
-  if p.kernel == 'ffi':
-    if x.dtype != jnp.float32:  # the CPU kernel computes in float32
-      return ffi.sign_matmul(x.astype(jnp.float32), p.data, p.k, p.n).astype(x.dtype)
-    return ffi.sign_matmul(x, p.data, p.k, p.n)
+
+
+def sign_matmul(x, p: PackedSigns):
+  """x (..., k) @ B (k, n), reading B's bits."""
+  _checked(x, p)
+  if p.kernel == 'ffi':  # the CPU kernel computes in float32
+    return ffi.sign_matmul(x.astype(jnp.float32), p.data, p.k, p.n).astype(x.dtype)
   if p.kernel == 'pallas':
     from bitmaps_jax.kernels import pallas  # jax.experimental.pallas only when asked for
     return pallas.sign_matmul(x, p.data, p.k, p.n)
   return xla.sign_matmul(x, p.data, p.k, p.n)
+
+
+def sign_matmul_and_sum(x, p: PackedSigns):
+  """(x @ B, sum(x, -1, keepdims=True)): the CPU kernel sums x as it reads it (one XLA op
+  fewer per product for the alpha/gamma schemes); the other kernels leave the sum to XLA."""
+  if p.kernel == 'ffi':
+    _checked(x, p)
+    y, total = ffi.sign_matmul_and_sum(x.astype(jnp.float32), p.data, p.k, p.n)
+    return y.astype(x.dtype), total.astype(x.dtype)
+  return sign_matmul(x, p), jnp.sum(x, -1, keepdims=True)
 
 
 def binary_matmul(x, packed_signs: PackedSigns, scales):
@@ -119,7 +132,8 @@ def binary_matmul(x, packed_signs: PackedSigns, scales):
   s = {n: jnp.asarray(scales[n]).astype(x.dtype) for n in names}
   if 'g' in s:
     return sign_matmul(x * s['h'], packed_signs) * s['g']
-  return s['alpha'] * sign_matmul(x, packed_signs) + s['gamma'] * jnp.sum(x, -1, keepdims=True)
+  y, total = sign_matmul_and_sum(x, packed_signs)
+  return s['alpha'] * y + s['gamma'] * total
 
 
 def row_signs(p: PackedSigns, ids, dtype=jnp.float32):

@@ -61,12 +61,21 @@ def set_max_path(path: str):
   _library().bitmaps_set_max_path(PATHS.index(path))
 
 
-def sign_matmul(x, words, k: int, n: int):
-  """x (..., K) float32 @ B (K, N), B in the `lut4` layout. Jittable, CPU only."""
+def sign_matmul_and_sum(x, words, k: int, n: int):
+  """(x @ B, x summed over its last axis, keepdims): x (..., K) float32, B (K, N) in the `lut4`
+  layout. The kernel sums x as it reads it, which saves the alpha/gamma schemes one XLA op
+  per product. Jittable, CPU only."""
   if _library() is None:
     raise RuntimeError('the CPU kernel library is not built')
   lead = x.shape[:-1]
-  x2 = x.reshape((int(np.prod(lead, dtype=np.int64)), k)).astype(jnp.float32)
-  out = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((x2.shape[0], n), jnp.float32))(
-      x2, words, k=np.int64(k), n=np.int64(n))
-  return out.reshape(lead + (n,)).astype(x.dtype)
+  m = int(np.prod(lead, dtype=np.int64))
+  x2 = x.reshape((m, k)).astype(jnp.float32)
+  out, sums = jax.ffi.ffi_call(
+      TARGET, (jax.ShapeDtypeStruct((m, n), jnp.float32), jax.ShapeDtypeStruct((m,), jnp.float32)))(
+          x2, words, k=np.int64(k), n=np.int64(n))
+  return out.reshape(lead + (n,)).astype(x.dtype), sums.reshape(lead + (1,)).astype(x.dtype)
+
+
+def sign_matmul(x, words, k: int, n: int):
+  """x (..., K) float32 @ B (K, N), B in the `lut4` layout. Jittable, CPU only."""
+  return sign_matmul_and_sum(x, words, k, n)[0]

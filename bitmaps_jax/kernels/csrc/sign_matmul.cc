@@ -1,4 +1,5 @@
-// y = x @ B for a +-1 matrix B (K, N) held as 1 bit per weight, on CPU, as an XLA FFI handler.
+// y = x @ B for a +-1 matrix B (K, N) held as 1 bit per weight, on CPU, as an XLA FFI handler
+// (which also returns x's row sums, for the schemes' gamma term).
 //
 // Lookup-table kernel (after T-MAC): inputs are taken in groups of four; for each token and
 // group, the 16 signed sums +-x0 +-x1 +-x2 +-x3 are a table, and by symmetry (T[~i] = -T[i])
@@ -105,6 +106,42 @@ void BuildTables(const float* x, int64_t K, int64_t G, int64_t m0, int64_t m1, i
   if (vector) return BuildTablesAvx2(x, K, G, m0, m1, T, width, tables);
 #endif
   BuildTablesPortable(x, K, G, m0, m1, T, width, tables);
+}
+
+// sums[m] = x[m, 0] + .. + x[m, K - 1] for rows [m0, m1): the per-token input sums that the
+// alpha/gamma schemes multiply by gamma (x W_b = alpha x B + gamma sum(x)), made from the x
+// the kernel reads anyway instead of by one more XLA op per product.
+void RowSumsPortable(const float* x, int64_t K, int64_t m0, int64_t m1, float* sums) {
+  for (int64_t m = m0; m < m1; ++m) {
+    float total = 0.0f;
+    for (int64_t k = 0; k < K; ++k) total += x[m * K + k];
+    sums[m] = total;
+  }
+}
+
+#ifdef BITMAPS_X86
+__attribute__((target("avx2"))) void RowSumsAvx2(const float* x, int64_t K, int64_t m0,
+                                                 int64_t m1, float* sums) {
+  for (int64_t m = m0; m < m1; ++m) {
+    const float* row = x + m * K;
+    __m256 acc = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + 8 <= K; k += 8) acc = _mm256_add_ps(acc, _mm256_loadu_ps(row + k));
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, acc);
+    float total = 0.0f;
+    for (float v : lanes) total += v;
+    for (; k < K; ++k) total += row[k];
+    sums[m] = total;
+  }
+}
+#endif
+
+void RowSums(const float* x, int64_t K, int64_t m0, int64_t m1, bool vector, float* sums) {
+#ifdef BITMAPS_X86
+  if (vector) return RowSumsAvx2(x, K, m0, m1, sums);
+#endif
+  RowSumsPortable(x, K, m0, m1, sums);
 }
 
 // Portable path: outputs of blocks [b0, b1) for tokens [m0, m0 + mt).
@@ -333,17 +370,19 @@ bool HasAmx() {
 // 32 s .. 32 s + 31 is 16 rows of 64 bytes at a + ((t KS + s) 3 + q) 512, so a token tile's
 // tiles are one sequential stream. Inputs past K and rows past M are zero. Each part is the
 // remainder rounded to nearest even (vcvtne2ps2bf16); the part is exact in float32, so the
-// next remainder is too.
+// next remainder is too. The rows' sums go to `sums` (see RowSums).
 __attribute__((target("avx512f,avx512bw,avx512bf16"))) void SplitTile(
-    const float* x, int64_t M, int64_t K, int64_t KS, int64_t t, uint16_t* a) {
+    const float* x, int64_t M, int64_t K, int64_t KS, int64_t t, uint16_t* a, float* sums) {
   for (int64_t r = 0; r < kAmxTokens; ++r) {
     const int64_t m = t * kAmxTokens + r;
+    __m512 total = _mm512_setzero_ps();
     for (int64_t s = 0; s < KS; ++s) {
       const int64_t k = s * kAmxInputs;
       const int64_t left = m < M ? std::max<int64_t>(0, std::min<int64_t>(32, K - k)) : 0;
       const __mmask32 mask = static_cast<__mmask32>((1ull << left) - 1ull);
       __m512 lo = _mm512_maskz_loadu_ps(static_cast<__mmask16>(mask), x + m * K + k);
       __m512 hi = _mm512_maskz_loadu_ps(static_cast<__mmask16>(mask >> 16), x + m * K + k + 16);
+      total = _mm512_add_ps(total, _mm512_add_ps(lo, hi));
       for (int q = 0; q < 3; ++q) {
         const __m512i part = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo));
         _mm512_store_si512(a + ((t * KS + s) * 3 + q) * 512 + r * 32, part);
@@ -355,6 +394,7 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void SplitTile(
         hi = _mm512_sub_ps(hi, part_hi);
       }
     }
+    if (m < M) sums[m] = _mm512_reduce_add_ps(total);
   }
 }
 
@@ -504,6 +544,7 @@ struct AmxWork {
   const float* x;
   const uint32_t* w;
   float* y;
+  float* sums;
   uint16_t* a;
   int64_t M, K, N, G, Mp, Kp, tiles, pairs, blocks, groups, items;
   std::atomic<int64_t> next{0};
@@ -515,7 +556,7 @@ struct AmxWork {
     int64_t i;
     while ((i = next.fetch_add(1)) < items) {
       if (i < tiles) {
-        SplitTile(x, M, K, Kp / kAmxInputs, i, a);
+        SplitTile(x, M, K, Kp / kAmxInputs, i, a, sums);
         split_done.fetch_add(1, std::memory_order_release);
       } else {
         while (split_done.load(std::memory_order_acquire) != tiles) Pause();
@@ -539,12 +580,13 @@ struct AmxWork {
 // bytes (4.5 MiB for BERT-base's FFN), however many tokens the call has.
 constexpr int64_t kAmxRoundTokens = 256;
 
-void AmxRound(ffi::ThreadPool& pool, const float* x, const uint32_t* w, float* y, int64_t M,
-              int64_t K, int64_t N) {
+void AmxRound(ffi::ThreadPool& pool, const float* x, const uint32_t* w, float* y, float* sums,
+              int64_t M, int64_t K, int64_t N) {
   auto work = std::make_shared<AmxWork>();
   work->x = x;
   work->w = w;
   work->y = y;
+  work->sums = sums;
   work->M = M;
   work->K = K;
   work->N = N;
@@ -567,10 +609,11 @@ void AmxRound(ffi::ThreadPool& pool, const float* x, const uint32_t* w, float* y
   while (work->done.load(std::memory_order_acquire) != work->items) Pause();
 }
 
-void AmxMatmul(ffi::ThreadPool& pool, const float* x, const uint32_t* w, float* y, int64_t M,
-               int64_t K, int64_t N) {
+void AmxMatmul(ffi::ThreadPool& pool, const float* x, const uint32_t* w, float* y, float* sums,
+               int64_t M, int64_t K, int64_t N) {
   for (int64_t m0 = 0; m0 < M; m0 += kAmxRoundTokens)
-    AmxRound(pool, x + m0 * K, w, y + m0 * N, std::min(kAmxRoundTokens, M - m0), K, N);
+    AmxRound(pool, x + m0 * K, w, y + m0 * N, sums + m0, std::min(kAmxRoundTokens, M - m0), K,
+             N);
 }
 #else
 bool HasAvx2() { return false; }
@@ -595,6 +638,7 @@ struct Work {
   const float* x;
   const uint32_t* w;
   float* y;
+  float* sums;
   int64_t M, K, N, G, NB;
   int path;
   // A chunk is a range of token tiles (many tokens) or of output blocks (few tokens): no two
@@ -637,6 +681,7 @@ struct Work {
       for (int64_t t = c * per_chunk; t < t1; ++t) {
         const int64_t m0 = t * kTokenTile;
         Build(m0, std::min(M, m0 + kTokenTile), tables.data());
+        RowSums(x, K, m0, std::min(M, m0 + kTokenTile), path > 0, sums);
         Tile(m0, 0, NB, tables.data());
       }
       return;
@@ -676,9 +721,10 @@ struct Work {
   }
 };
 
+// y = x @ B and sums = x's row sums (M).
 ffi::Error SignMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                           ffi::Buffer<ffi::U32> words, ffi::ResultBuffer<ffi::F32> y,
-                          int64_t k, int64_t n) {
+                          ffi::ResultBuffer<ffi::F32> sums, int64_t k, int64_t n) {
   const auto xd = x.dimensions();
   const auto wd = words.dimensions();
   if (xd.size() != 2 || xd[1] != k)
@@ -690,6 +736,7 @@ ffi::Error SignMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   work->x = x.typed_data();
   work->w = words.typed_data();
   work->y = y->typed_data();
+  work->sums = sums->typed_data();
   work->M = xd[0];
   work->K = k;
   work->N = n;
@@ -698,11 +745,15 @@ ffi::Error SignMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   work->path = ChoosePath();
   static std::atomic<uint64_t> calls{0};
   work->call = ++calls;
-  if (work->M == 0 || n == 0) return ffi::Error::Success();
+  if (work->M == 0) return ffi::Error::Success();
+  if (n == 0) {
+    RowSums(work->x, k, 0, work->M, work->path > 0, work->sums);
+    return ffi::Error::Success();
+  }
 #ifdef BITMAPS_X86
   if (work->path == 3) {
     if (work->M >= kAmxMinTokens) {
-      AmxMatmul(pool, work->x, work->w, work->y, work->M, k, n);
+      AmxMatmul(pool, work->x, work->w, work->y, work->sums, work->M, k, n);
       return ffi::Error::Success();
     }
     work->path = 2;  // few tokens: the lookup tables
@@ -719,6 +770,7 @@ ffi::Error SignMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
     int64_t per = std::max<int64_t>(8, (NB + 4 * threads - 1) / (4 * threads));
     work->per_chunk = per + (per & 1);
     work->chunks = (NB + work->per_chunk - 1) / work->per_chunk;
+    RowSums(work->x, k, 0, work->M, work->path > 0, work->sums);  // a few rows
   }
   const int64_t helpers = std::min<int64_t>(threads, work->chunks) - 1;
   for (int64_t i = 0; i < helpers; ++i) pool.Schedule([work] { work->Drain(); });
@@ -737,12 +789,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(BitmapsSignMatmul, SignMatmulImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::U32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("k")
                                   .Attr<int64_t>("n"));
 
 extern "C" {
 // The path the kernel runs on this CPU: 3 AMX, 2 AVX-512, 1 AVX2, 0 portable C++.
 int bitmaps_kernel_path() { return ChoosePath(); }
-// Caps the path (2, 1 or 0), e.g. to compare the portable path with the vector ones.
+// Caps the path (3, 2, 1 or 0), e.g. to compare the portable path with the vector ones.
 void bitmaps_set_max_path(int path) { g_max_path.store(path); }
 }
