@@ -67,7 +67,8 @@ def test_every_cpu_code_path_gives_the_same_answer(path):
     # 100 and 130 tokens: more than one block of token tiles on the tiled (AMX) path, 600 more
     # than one round of them; 257 and 1000 inputs: blocks of input tiles and one cut short.
     for m, k, n in SHAPES + [(64, 96, 48), (40, 768, 72), (5, 70, 1037), (40, 9, 1037),
-                             (100, 257, 100), (130, 1000, 40), (12, 768, 64), (600, 300, 70)]:
+                             (100, 257, 100), (130, 1000, 40), (12, 768, 64), (600, 300, 70),
+                             (12, 1, 1), (13, 3, 5)]:
       s = _signs(rng, k, n)
       x = rng.standard_normal((m, k)).astype(np.float32)
       y, total = jax.jit(kernels.sign_matmul_and_sum)(x, kernels.pack_signs(s, 'ffi'))
