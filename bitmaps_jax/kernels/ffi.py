@@ -1,4 +1,5 @@
-"""The CPU kernel: csrc/sign_matmul.cc, built with the package, called as an XLA FFI custom call.
+"""The CPU kernel: csrc/ (sign_matmul.cc and its headers), built with the package, called as
+an XLA FFI custom call.
 
 The shared library is found next to this file; when it is absent (no compiler at install
 time) `available()` is False and callers fall back to the XLA path.

@@ -1,0 +1,358 @@
+// The AMX tile kernel (Intel Xeon 4th generation and later), for many tokens; included by
+// sign_matmul.cc only. A 1-bit tile of B is expanded to +-1 bfloat16 in L1 and meets the
+// activations in the tile unit's bfloat16 dot products with float32 sums. bfloat16 keeps 8 of
+// float32's 24 significant bits, so x is split exactly into three bfloat16 parts, x = x1 + x2 +
+// x3 (each the rounded remainder of the last), and y = x1 B + x2 B + x3 B: the products by +-1
+// are exact and the sums float32, so the answer is float32's, as the lookup tables' is. The
+// tables do 16 x 4 multiply-adds per lookup; a tile dot product does 16 x 16 x 32 in 16 cycles.
+//
+// Tiles: tmm0-3 the sums of 16 tokens x 64 outputs (four 16-output blocks), tmm4-6 the three
+// parts of 16 tokens x 32 inputs, tmm7 one expanded 32 x 16 block of B. B's rows come from
+// the lut4 words as they are: the 64-bit pair of 16 outputs x 4 inputs is decoded to sign
+// bits, one nibble per output, put in output order (pdep), and the bits of inputs 4g, 4g + 1
+// (then 4g + 2, 4g + 3) of every output, gathered with pext, are one tile row in the pairwise
+// layout the dot product reads.
+#ifndef BITMAPS_KERNELS_AMX_TILES_H_
+#define BITMAPS_KERNELS_AMX_TILES_H_
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "cpu_common.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace bitmaps {
+
+namespace ffi = xla::ffi;
+
+#ifdef BITMAPS_X86
+
+constexpr int kAmxTokens = 16;     // rows of a tile
+constexpr int kAmxInputs = 32;     // bfloat16 inputs of a tile row
+constexpr int kAmxPairs = 4;       // 16-output blocks per chunk: tmm0-3
+constexpr int kAmxBlockTiles = 4;  // token tiles per chunk when the tokens are many
+constexpr int kAmxBlockSteps = 4;  // input tiles per expanded block of B: 16 KB, in L1
+// Fewer tokens than this run through the lookup tables: a tile costs as much for 1 token as
+// for 16, the tables cost per token (BERT-base: the tables faster at 8 tokens, even at 12,
+// the tiles faster at 16).
+constexpr int64_t kAmxMinTokens = 12;
+
+// `n` elements of `buffer` (grown if need be) from a 64-byte boundary: a tile row that
+// straddles two cache lines loads at half the speed.
+template <typename T>
+T* Aligned64(std::vector<T>& buffer, int64_t n) {
+  const int64_t pad = 64 / sizeof(T);
+  if (static_cast<int64_t>(buffer.size()) < n + pad)
+    buffer.resize(static_cast<size_t>(n + pad));
+  const uintptr_t p = reinterpret_cast<uintptr_t>(buffer.data());
+  return reinterpret_cast<T*>((p + 63) & ~static_cast<uintptr_t>(63));
+}
+
+struct alignas(64) TileConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+#define BM_TILE_LOAD(t, base, stride) \
+  __asm__ volatile("tileloadd (%0,%1,1), %%tmm" #t ::"r"(base), "r"((long)(stride)) : "memory")
+#define BM_TILE_STORE(t, base, stride) \
+  __asm__ volatile("tilestored %%tmm" #t ", (%0,%1,1)" ::"r"(base), "r"((long)(stride)) \
+                   : "memory")
+#define BM_TILE_ZERO(t) __asm__ volatile("tilezero %%tmm" #t ::: "memory")
+#define BM_TILE_DOT3(c) \
+  __asm__ volatile("tdpbf16ps %%tmm7, %%tmm4, %%tmm" #c "\n\t" \
+                   "tdpbf16ps %%tmm7, %%tmm5, %%tmm" #c "\n\t" \
+                   "tdpbf16ps %%tmm7, %%tmm6, %%tmm" #c ::: "memory")
+
+void AmxBegin() {
+  static const TileConfig config = [] {
+    TileConfig c;
+    for (int t = 0; t < 8; ++t) {
+      c.rows[t] = kAmxTokens;
+      c.colsb[t] = 64;
+    }
+    return c;
+  }();
+  __asm__ volatile("ldtilecfg %0" ::"m"(config) : "memory");
+}
+
+void AmxEnd() { __asm__ volatile("tilerelease" ::: "memory"); }
+
+bool HasAmx() {
+  static const bool has = [] {
+    if (!__builtin_cpu_supports("avx512bw") || !__builtin_cpu_supports("bmi2")) return false;
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+    if (!((d >> 22) & 1) || !((d >> 24) & 1)) return false;  // AMX-BF16, AMX-TILE
+    if (!__get_cpuid_count(7, 1, &a, &b, &c, &d) || !((a >> 5) & 1)) return false;  // AVX512-BF16
+    // Linux hands tile state to a process only when asked (5.16 and later); without it the
+    // first tile instruction would fault.
+    constexpr long kReqXcompPerm = 0x1023, kXtileData = 18;
+    return syscall(SYS_arch_prctl, kReqXcompPerm, kXtileData) == 0;
+  }();
+  return has;
+}
+
+// Token tile t of x (M x K float32) as three bfloat16 parts in tiles: part q of inputs
+// 32 s .. 32 s + 31 is 16 rows of 64 bytes at a + ((t KS + s) 3 + q) 512, so a token tile's
+// tiles are one sequential stream. Inputs past K and rows past M are zero. Each part is the
+// remainder rounded to nearest even (vcvtne2ps2bf16); the part is exact in float32, so the
+// next remainder is too. The rows' sums go to `sums` (see RowSums).
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) void SplitTile(
+    const float* x, int64_t M, int64_t K, int64_t KS, int64_t t, uint16_t* a, float* sums) {
+  for (int64_t r = 0; r < kAmxTokens; ++r) {
+    const int64_t m = t * kAmxTokens + r;
+    __m512 total = _mm512_setzero_ps();
+    for (int64_t s = 0; s < KS; ++s) {
+      const int64_t k = s * kAmxInputs;
+      const int64_t left = m < M ? std::max<int64_t>(0, std::min<int64_t>(32, K - k)) : 0;
+      const __mmask32 mask = static_cast<__mmask32>((1ull << left) - 1ull);
+      __m512 lo = _mm512_maskz_loadu_ps(static_cast<__mmask16>(mask), x + m * K + k);
+      __m512 hi = _mm512_maskz_loadu_ps(static_cast<__mmask16>(mask >> 16), x + m * K + k + 16);
+      total = _mm512_add_ps(total, _mm512_add_ps(lo, hi));
+      for (int q = 0; q < 3; ++q) {
+        const __m512i part = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo));
+        _mm512_store_si512(a + ((t * KS + s) * 3 + q) * 512 + r * 32, part);
+        const __m512 part_lo = _mm512_castsi512_ps(
+            _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(part)), 16));
+        const __m512 part_hi = _mm512_castsi512_ps(
+            _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(part, 1)), 16));
+        lo = _mm512_sub_ps(lo, part_lo);
+        hi = _mm512_sub_ps(hi, part_hi);
+      }
+    }
+    if (m < M) sums[m] = _mm512_reduce_add_ps(total);
+  }
+}
+
+// Input tiles [s0, s1) of pairs [p0, p0 + np) of B, expanded: tile (s, j) holds inputs
+// 32 s .. 32 s + 31 of pair p0 + j, 16 rows of 32 bfloat16 at b + ((s - base) kAmxPairs +
+// j) 512, in the order they are read. Groups past G are +1 (their inputs are zero).
+__attribute__((target("avx512f,avx512bw,bmi2"))) void ExpandPairs(const uint32_t* w,
+                                                                  int64_t G, int64_t s0,
+                                                                  int64_t s1, int64_t base,
+                                                                  int64_t p0, int np,
+                                                                  uint16_t* b) {
+  const __m512i plus = _mm512_set1_epi16(0x3f80);
+  const __m512i minus = _mm512_set1_epi16(static_cast<short>(0xbf80));
+  for (int j = 0; j < np; ++j) {
+    const uint32_t* wp = w + (p0 + j) * G * 2;
+    for (int64_t g = 8 * s0; g < 8 * s1; ++g) {
+      uint64_t low = ~0ull, high = ~0ull;
+      if (g < G) {
+        uint64_t code;
+        std::memcpy(&code, wp + 2 * g, sizeof(code));
+        // Nibble-wise: code bit 3 clear -> signs = code ^ 8, set -> code ^ 15.
+        const uint64_t neg = (code >> 3) & 0x1111111111111111ull;
+        const uint64_t n = code ^ 0x8888888888888888ull ^ (neg * 7);
+        // The words' nibbles interleaved: nibble i is output i.
+        const uint64_t z = _pdep_u64(n, 0x0f0f0f0f0f0f0f0full) |
+                           _pdep_u64(n >> 32, 0xf0f0f0f0f0f0f0f0ull);
+        low = _pext_u64(z, 0x3333333333333333ull);   // inputs 4g, 4g + 1
+        high = _pext_u64(z, 0xccccccccccccccccull);  // inputs 4g + 2, 4g + 3
+      }
+      uint16_t* row = b + ((g / 8 - base) * kAmxPairs + j) * 512 + (g % 8) * 64;
+      _mm512_store_si512(row,
+                         _mm512_mask_blend_epi16(static_cast<__mmask32>(low), minus, plus));
+      _mm512_store_si512(row + 32,
+                         _mm512_mask_blend_epi16(static_cast<__mmask32>(high), minus, plus));
+    }
+  }
+}
+
+// Sums of token tile t, pair p0 + j (16 x 16 float32 at c) into y, the rows and outputs that
+// exist.
+__attribute__((target("avx512f"))) void WritePart(const float* c, int64_t t, int64_t M,
+                                                  int64_t N, int64_t o, float* y) {
+  const int rows = static_cast<int>(std::min<int64_t>(kAmxTokens, M - t * kAmxTokens));
+  const int lanes = static_cast<int>(std::min<int64_t>(16, N - o));
+  const __mmask16 mask = static_cast<__mmask16>((1u << lanes) - 1u);
+  for (int r = 0; r < rows; ++r)
+    _mm512_mask_storeu_ps(y + (t * kAmxTokens + r) * N + o, mask, _mm512_load_ps(c + 16 * r));
+}
+
+// The sums in tmm0-3 of token tile t, pairs [p0, p0 + np): a whole 16 x 16 block goes
+// straight into y; one cut by the last token or output goes through `c`.
+void StoreSums(int64_t t, int np, int64_t M, int64_t N, int64_t p0, float* c, float* y) {
+  const bool rows = (t + 1) * kAmxTokens <= M;
+  float* yt = y + t * kAmxTokens * N + 16 * p0;
+  const long stride = N * 4;
+  bool part[kAmxPairs];
+  for (int j = 0; j < kAmxPairs; ++j) part[j] = j < np && !(rows && 16 * (p0 + j + 1) <= N);
+  // Tile numbers are part of the instruction.
+  if (part[0]) BM_TILE_STORE(0, c, 64); else BM_TILE_STORE(0, yt, stride);
+  if (np > 1) {
+    if (part[1]) BM_TILE_STORE(1, c + 256, 64); else BM_TILE_STORE(1, yt + 16, stride);
+  }
+  if (np > 2) {
+    if (part[2]) BM_TILE_STORE(2, c + 512, 64); else BM_TILE_STORE(2, yt + 32, stride);
+  }
+  if (np > 3) {
+    if (part[3]) BM_TILE_STORE(3, c + 768, 64); else BM_TILE_STORE(3, yt + 48, stride);
+  }
+  for (int j = 0; j < np; ++j)
+    if (part[j]) WritePart(c + 256 * j, t, M, N, 16 * (p0 + j), y);
+}
+
+// Token tiles [t0, t1) x pairs [p0, p0 + np). The inputs are taken kAmxBlockSteps tiles at
+// a time: that block of B is expanded into L1 and read by every token tile, whose sums wait
+// in memory between blocks. With one token tile the sums stay in their tiles, and the next
+// block is expanded a tile at a time between the dot products, which the tile unit runs
+// meanwhile.
+void AmxChunk(const uint16_t* a, const uint32_t* w, int64_t M, int64_t N, int64_t G,
+              int64_t Kp, int64_t t0, int64_t t1, int64_t p0, int np, float* y) {
+  const int64_t KS = Kp / kAmxInputs;
+  constexpr int64_t kBlock = kAmxPairs * kAmxBlockSteps * 512;
+  thread_local std::vector<uint16_t> expanded;
+  thread_local std::vector<float> sums;
+  uint16_t* blocks = Aligned64(expanded, 2 * kBlock);
+  float* c = Aligned64(sums, (t1 - t0) * kAmxPairs * 256);
+  const bool one = t1 - t0 == 1;
+  ExpandPairs(w, G, 0, std::min<int64_t>(KS, kAmxBlockSteps), 0, p0, np, blocks);
+  for (int64_t s0 = 0, kb = 0; s0 < KS; s0 += kAmxBlockSteps, ++kb) {
+    const int64_t s1 = std::min<int64_t>(KS, s0 + kAmxBlockSteps);
+    // One token tile: two buffers, the next block made during this one's dot products. More:
+    // one buffer (L1 holds their sums too), made here.
+    const uint16_t* b = one ? blocks + (kb & 1) * kBlock : blocks;
+    uint16_t* next = blocks + ((kb + 1) & 1) * kBlock;
+    if (!one && kb > 0) ExpandPairs(w, G, s0, s1, s0, p0, np, blocks);
+    for (int64_t t = t0; t < t1; ++t) {
+      float* ct = c + (t - t0) * kAmxPairs * 256;
+      if (s0 == 0) {
+        BM_TILE_ZERO(0);
+        BM_TILE_ZERO(1);
+        BM_TILE_ZERO(2);
+        BM_TILE_ZERO(3);
+      } else if (!one) {
+        BM_TILE_LOAD(0, ct, 64);
+        BM_TILE_LOAD(1, ct + 256, 64);
+        BM_TILE_LOAD(2, ct + 512, 64);
+        BM_TILE_LOAD(3, ct + 768, 64);
+      }
+      for (int64_t s = s0; s < s1; ++s) {
+        const uint16_t* at = a + (t * KS + s) * 3 * 512;
+        BM_TILE_LOAD(4, at, 64);
+        BM_TILE_LOAD(5, at + 512, 64);
+        BM_TILE_LOAD(6, at + 1024, 64);
+        const uint16_t* bs = b + (s - s0) * kAmxPairs * 512;
+        BM_TILE_LOAD(7, bs, 64);
+        BM_TILE_DOT3(0);
+        if (np > 1) {
+          BM_TILE_LOAD(7, bs + 512, 64);
+          BM_TILE_DOT3(1);
+        }
+        if (np > 2) {
+          BM_TILE_LOAD(7, bs + 1024, 64);
+          BM_TILE_DOT3(2);
+        }
+        if (np > 3) {
+          BM_TILE_LOAD(7, bs + 1536, 64);
+          BM_TILE_DOT3(3);
+        }
+        const int64_t e = s1 + (s - s0);  // the next block's tile made meanwhile
+        if (one && e < KS) ExpandPairs(w, G, e, e + 1, s1, p0, np, next);
+      }
+      if (s1 == KS) {
+        StoreSums(t, np, M, N, p0, ct, y);
+      } else if (!one) {
+        BM_TILE_STORE(0, ct, 64);
+        BM_TILE_STORE(1, ct + 256, 64);
+        BM_TILE_STORE(2, ct + 512, 64);
+        BM_TILE_STORE(3, ct + 768, 64);
+      }
+    }
+  }
+}
+
+// One call's work: first the three parts of x, a token tile per item; then chunks of
+// (token block, four pairs). Items are taken in order, so a thread that takes a chunk waits
+// only for the parts still being made.
+struct AmxWork {
+  const float* x;
+  const uint32_t* w;
+  float* y;
+  float* sums;
+  uint16_t* a;
+  int64_t M, K, N, G, Mp, Kp, tiles, pairs, blocks, groups, items;
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> split_done{0};
+  std::atomic<int64_t> done{0};
+
+  void Drain() {
+    bool begun = false;
+    int64_t i;
+    while ((i = next.fetch_add(1)) < items) {
+      if (i < tiles) {
+        SplitTile(x, M, K, Kp / kAmxInputs, i, a, sums);
+        split_done.fetch_add(1, std::memory_order_release);
+      } else {
+        while (split_done.load(std::memory_order_acquire) != tiles) Pause();
+        if (!begun) {
+          AmxBegin();
+          begun = true;
+        }
+        const int64_t c = i - tiles, blk = c / groups, grp = c % groups;
+        const int64_t t0 = blk * kAmxBlockTiles, t1 = std::min(tiles, t0 + kAmxBlockTiles);
+        const int64_t p0 = grp * kAmxPairs;
+        AmxChunk(a, w, M, N, G, Kp, t0, t1, p0,
+                 static_cast<int>(std::min<int64_t>(kAmxPairs, pairs - p0)), y);
+      }
+      done.fetch_add(1, std::memory_order_release);
+    }
+    if (begun) AmxEnd();
+  }
+};
+
+// Tokens per round of a call: the bfloat16 parts of a round's x are at most 256 x K x 6
+// bytes (4.5 MiB for BERT-base's FFN), however many tokens the call has.
+constexpr int64_t kAmxRoundTokens = 256;
+
+void AmxRound(ffi::ThreadPool& pool, const float* x, const uint32_t* w, float* y, float* sums,
+              int64_t M, int64_t K, int64_t N) {
+  auto work = std::make_shared<AmxWork>();
+  work->x = x;
+  work->w = w;
+  work->y = y;
+  work->sums = sums;
+  work->M = M;
+  work->K = K;
+  work->N = N;
+  work->G = (K + 3) / 4;
+  work->tiles = (M + kAmxTokens - 1) / kAmxTokens;
+  work->Mp = work->tiles * kAmxTokens;
+  work->Kp = (K + kAmxInputs - 1) / kAmxInputs * kAmxInputs;
+  work->pairs = (N + 15) / 16;
+  work->groups = (work->pairs + kAmxPairs - 1) / kAmxPairs;
+  work->blocks = (work->tiles + kAmxBlockTiles - 1) / kAmxBlockTiles;
+  work->items = work->tiles + work->blocks * work->groups;
+  // The parts live with the calling thread, which waits for every item: calls that run at
+  // once are on different threads, and a buffer kept between calls is not faulted in anew.
+  thread_local std::vector<uint16_t> parts;
+  work->a = Aligned64(parts, 3 * work->Mp * work->Kp);
+  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  const int64_t helpers = std::min<int64_t>(threads, work->blocks * work->groups) - 1;
+  for (int64_t i = 0; i < helpers; ++i) pool.Schedule([work] { work->Drain(); });
+  work->Drain();
+  while (work->done.load(std::memory_order_acquire) != work->items) Pause();
+}
+
+void AmxMatmul(ffi::ThreadPool& pool, const float* x, const uint32_t* w, float* y, float* sums,
+               int64_t M, int64_t K, int64_t N) {
+  for (int64_t m0 = 0; m0 < M; m0 += kAmxRoundTokens)
+    AmxRound(pool, x + m0 * K, w, y + m0 * N, sums + m0, std::min(kAmxRoundTokens, M - m0), K,
+             N);
+}
+#else
+bool HasAmx() { return false; }
+#endif
+
+}  // namespace bitmaps
+
+#endif  // BITMAPS_KERNELS_AMX_TILES_H_
