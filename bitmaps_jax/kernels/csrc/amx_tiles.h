@@ -23,11 +23,8 @@
 #include <vector>
 
 #include "cpu_common.h"
-#include "xla/ffi/api/ffi.h"
 
 namespace bitmaps {
-
-namespace ffi = xla::ffi;
 
 #ifdef BITMAPS_X86
 
@@ -274,13 +271,9 @@ void AmxChunk(const uint16_t* a, const uint32_t* w, int64_t M, int64_t N, int64_
 // One call's work: first the three parts of x, a token tile per item; then chunks of
 // (token block, four pairs). Items are taken in order, so a thread that takes a chunk waits
 // only for the parts still being made.
-struct AmxWork {
-  const float* x;
-  const uint32_t* w;
-  float* y;
-  float* sums;
+struct AmxWork : Operands {
   uint16_t* a;
-  int64_t M, K, N, G, Mp, Kp, tiles, pairs, blocks, groups, items;
+  int64_t Mp, Kp, tiles, pairs, blocks, groups, items;
   std::atomic<int64_t> next{0};
   std::atomic<int64_t> split_done{0};
   std::atomic<int64_t> done{0};
@@ -317,14 +310,7 @@ constexpr int64_t kAmxRoundTokens = 256;
 void AmxRound(ffi::ThreadPool& pool, const float* x, const uint32_t* w, float* y, float* sums,
               int64_t M, int64_t K, int64_t N) {
   auto work = std::make_shared<AmxWork>();
-  work->x = x;
-  work->w = w;
-  work->y = y;
-  work->sums = sums;
-  work->M = M;
-  work->K = K;
-  work->N = N;
-  work->G = (K + 3) / 4;
+  static_cast<Operands&>(*work) = {x, w, y, sums, M, K, N, (K + 3) / 4};
   work->tiles = (M + kAmxTokens - 1) / kAmxTokens;
   work->Mp = work->tiles * kAmxTokens;
   work->Kp = (K + kAmxInputs - 1) / kAmxInputs * kAmxInputs;
@@ -336,11 +322,7 @@ void AmxRound(ffi::ThreadPool& pool, const float* x, const uint32_t* w, float* y
   // once are on different threads, and a buffer kept between calls is not faulted in anew.
   thread_local std::vector<uint16_t> parts;
   work->a = Aligned64(parts, 3 * work->Mp * work->Kp);
-  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
-  const int64_t helpers = std::min<int64_t>(threads, work->blocks * work->groups) - 1;
-  for (int64_t i = 0; i < helpers; ++i) pool.Schedule([work] { work->Drain(); });
-  work->Drain();
-  while (work->done.load(std::memory_order_acquire) != work->items) Pause();
+  RunOnPool(pool, work, work->items);
 }
 
 void AmxMatmul(ffi::ThreadPool& pool, const float* x, const uint32_t* w, float* y, float* sums,

@@ -1,9 +1,13 @@
 // Shared by the CPU kernels (included by sign_matmul.cc only): which CPU this is, a spin-wait
-// pause, and the row sums every path returns.
+// pause, a call's operands, running a call's work over XLA's threads, and the row sums every
+// path returns.
 #ifndef BITMAPS_KERNELS_CPU_COMMON_H_
 #define BITMAPS_KERNELS_CPU_COMMON_H_
 
+#include <algorithm>
+#include <atomic>
 #include <cstdint>
+#include <memory>
 #include <thread>
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -14,7 +18,11 @@
 #define BITMAPS_X86 1
 #endif
 
+#include "xla/ffi/api/ffi.h"
+
 namespace bitmaps {
+
+namespace ffi = xla::ffi;
 
 inline void Pause() {
 #ifdef BITMAPS_X86
@@ -22,6 +30,29 @@ inline void Pause() {
 #else
   std::this_thread::yield();
 #endif
+}
+
+// One call's operands: y (M x N) = x (M x K) @ B, B as lut4 words (G = ceil(K / 4) groups),
+// and x's row sums (M).
+struct Operands {
+  const float* x;
+  const uint32_t* w;
+  float* y;
+  float* sums;
+  int64_t M, K, N, G;
+};
+
+// Runs work->Drain() on the calling thread and on up to `helpers` threads of XLA's pool, then
+// waits until work->done reaches `items`. What is left by then is at most one item per
+// helper: waiting for it by spinning costs less than being woken from a sleep. `work` is
+// shared with the helpers, which may start after the call has returned and find nothing left.
+template <typename Work>
+void RunOnPool(ffi::ThreadPool& pool, std::shared_ptr<Work> work, int64_t items) {
+  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  const int64_t helpers = std::min<int64_t>(threads, items) - 1;
+  for (int64_t i = 0; i < helpers; ++i) pool.Schedule([work] { work->Drain(); });
+  work->Drain();
+  while (work->done.load(std::memory_order_acquire) != items) Pause();
 }
 
 // sums[m] = x[m, 0] + .. + x[m, K - 1] for rows [m0, m1): the per-token input sums that the

@@ -15,11 +15,8 @@
 #include <vector>
 
 #include "cpu_common.h"
-#include "xla/ffi/api/ffi.h"
 
 namespace bitmaps {
-
-namespace ffi = xla::ffi;
 
 constexpr int kGroupBlock = 64;  // groups of 4 inputs per pass: 8 tokens' tables stay in L1
 // Tokens per tile, their accumulators in registers. Sixteen fit AVX-512's registers but ran
@@ -226,12 +223,8 @@ bool HasAvx512() { return false; }
 #endif
 
 // One call's work through the tables.
-struct LutWork {
-  const float* x;
-  const uint32_t* w;
-  float* y;
-  float* sums;
-  int64_t M, K, N, G, NB;
+struct LutWork : Operands {
+  int64_t NB;
   int path;
   // A chunk is a range of token tiles (many tokens) or of output blocks (few tokens): no two
   // chunks write the same output. Tables: see Run.
@@ -317,14 +310,7 @@ struct LutWork {
 void LutMatmul(ffi::ThreadPool& pool, int path, const float* x, const uint32_t* w, float* y,
                float* sums, int64_t M, int64_t K, int64_t N) {
   auto work = std::make_shared<LutWork>();
-  work->x = x;
-  work->w = w;
-  work->y = y;
-  work->sums = sums;
-  work->M = M;
-  work->K = K;
-  work->N = N;
-  work->G = (K + 3) / 4;
+  static_cast<Operands&>(*work) = {x, w, y, sums, M, K, N, (K + 3) / 4};
   work->NB = (N + 7) / 8;
   work->path = path;
   static std::atomic<uint64_t> calls{0};
@@ -342,12 +328,7 @@ void LutMatmul(ffi::ThreadPool& pool, int path, const float* x, const uint32_t* 
     work->chunks = (work->NB + work->per_chunk - 1) / work->per_chunk;
     RowSums(x, K, 0, M, path > 0, sums);  // a few rows
   }
-  const int64_t helpers = std::min<int64_t>(threads, work->chunks) - 1;
-  for (int64_t i = 0; i < helpers; ++i) pool.Schedule([work] { work->Drain(); });
-  work->Drain();
-  // What is left is at most one chunk per helper: waiting for it by spinning costs less
-  // than being woken from a sleep.
-  while (work->done.load(std::memory_order_acquire) != work->chunks) Pause();
+  RunOnPool(pool, work, work->chunks);
 }
 
 }  // namespace bitmaps
