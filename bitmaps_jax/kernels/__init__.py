@@ -103,8 +103,8 @@ def _checked(x, p: PackedSigns):
 def sign_matmul(x, p: PackedSigns):
   """x (..., k) @ B (k, n), reading B's bits."""
   _checked(x, p)
-  if p.kernel == 'ffi':  # the CPU kernel computes in float32
-    return ffi.sign_matmul(x.astype(jnp.float32), p.data, p.k, p.n).astype(x.dtype)
+  if p.kernel == 'ffi':  # computes in float32, returns x's dtype
+    return ffi.sign_matmul(x, p.data, p.k, p.n)
   if p.kernel == 'pallas':
     from bitmaps_jax.kernels import pallas  # jax.experimental.pallas only when asked for
     return pallas.sign_matmul(x, p.data, p.k, p.n)
@@ -116,8 +116,7 @@ def sign_matmul_and_sum(x, p: PackedSigns):
   fewer per product for the alpha/gamma schemes); the other kernels leave the sum to XLA."""
   if p.kernel == 'ffi':
     _checked(x, p)
-    y, total = ffi.sign_matmul_and_sum(x.astype(jnp.float32), p.data, p.k, p.n)
-    return y.astype(x.dtype), total.astype(x.dtype)
+    return ffi.sign_matmul_and_sum(x, p.data, p.k, p.n)
   return sign_matmul(x, p), jnp.sum(x, -1, keepdims=True)
 
 

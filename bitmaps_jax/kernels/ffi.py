@@ -51,7 +51,7 @@ PATHS = ('portable', 'avx2', 'avx512', 'amx')
 
 
 def cpu_path() -> str:
-  """The code path the kernel runs on this CPU: amx (tiles for 8 tokens or more, AVX-512
+  """The code path the kernel runs on this CPU: amx (tiles for 12 tokens or more, AVX-512
   below), avx512, avx2 or portable (C++)."""
   return PATHS[_library().bitmaps_kernel_path()] if available() else 'none'
 
@@ -63,20 +63,19 @@ def set_max_path(path: str):
 
 
 def sign_matmul_and_sum(x, words, k: int, n: int):
-  """(x @ B, x summed over its last axis, keepdims): x (..., K) float32, B (K, N) in the `lut4`
-  layout. The kernel sums x as it reads it, which saves the alpha/gamma schemes one XLA op
-  per product. Jittable, CPU only."""
+  """(x @ B, x summed over its last axis, keepdims): x (..., K), B (K, N) in the `lut4` layout;
+  computed in float32, returned in x's dtype. The kernel sums x as it reads it, which saves
+  the alpha/gamma schemes one XLA op per product. Jittable, CPU only."""
   if _library() is None:
     raise RuntimeError('the CPU kernel library is not built')
   lead = x.shape[:-1]
   m = int(np.prod(lead, dtype=np.int64))
   x2 = x.reshape((m, k)).astype(jnp.float32)
-  out, sums = jax.ffi.ffi_call(
-      TARGET, (jax.ShapeDtypeStruct((m, n), jnp.float32), jax.ShapeDtypeStruct((m,), jnp.float32)))(
-          x2, words, k=np.int64(k), n=np.int64(n))
+  shapes = (jax.ShapeDtypeStruct((m, n), jnp.float32), jax.ShapeDtypeStruct((m,), jnp.float32))
+  out, sums = jax.ffi.ffi_call(TARGET, shapes)(x2, words, k=np.int64(k), n=np.int64(n))
   return out.reshape(lead + (n,)).astype(x.dtype), sums.reshape(lead + (1,)).astype(x.dtype)
 
 
 def sign_matmul(x, words, k: int, n: int):
-  """x (..., K) float32 @ B (K, N), B in the `lut4` layout. Jittable, CPU only."""
+  """x (..., K) @ B (K, N), B in the `lut4` layout. Jittable, CPU only."""
   return sign_matmul_and_sum(x, words, k, n)[0]
