@@ -273,13 +273,15 @@ class RunDir:
     path = self.file(LOCK)
     mine = {'pid': os.getpid(), 'host': socket.gethostname(), 'what': what,
             'since': time.strftime('%Y-%m-%d %H:%M:%S')}
-    for _ in range(3):
-      if self._create_exclusive(path, json.dumps(mine)):
-        break
-      self._check_stale(path)
-    else:
-      raise UserError(f'{path}: could not take the run lock')
+    # One try block from before the lock exists: a signal raised between its creation and
+    # the yield still releases it (the finally removes only a lock that names this process).
     try:
+      for _ in range(3):
+        if self._create_exclusive(path, json.dumps(mine)):
+          break
+        self._check_stale(path)
+      else:
+        raise UserError(f'{path}: could not take the run lock')
       yield
     finally:
       try:
@@ -295,13 +297,29 @@ class RunDir:
         return False
       files.write_text(path, text)
       return True
+    # Written whole beside it, then linked into place: the lock never exists half-written
+    # (a signal during the write would leave a lock that names no one).
+    tmp = f'{path}.{os.getpid()}.tmp'
     try:
-      fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-      return False
-    with os.fdopen(fd, 'w') as f:
-      f.write(text)
-    return True
+      with open(tmp, 'w') as f:
+        f.write(text)
+      try:
+        os.link(tmp, path)
+      except FileExistsError:
+        return False
+      except OSError:  # a file system without hard links
+        try:
+          fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+          return False
+        with os.fdopen(fd, 'w') as f:
+          f.write(text)
+      return True
+    finally:
+      try:
+        os.unlink(tmp)
+      except FileNotFoundError:
+        pass
 
   def _check_stale(self, path: str):
     """Raises if the lock's holder still runs; removes a stale lock."""
