@@ -117,6 +117,7 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void SplitTile(
       for (int q = 0; q < 3; ++q) {
         const __m512i part = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo));
         _mm512_store_si512(a + (s * 3 + q) * 512 + r * 32, part);
+        if (q == 2) break;  // the last part's remainder is not needed
         const __m512 part_lo = _mm512_castsi512_ps(
             _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(part)), 16));
         const __m512 part_hi = _mm512_castsi512_ps(
