@@ -55,6 +55,24 @@ def median_seconds(fn, repeats: int, warmup: int = 1) -> float:
   return statistics.median(times)
 
 
+def interleaved_medians(fns: dict, repeats: int, warmup: int = 1) -> dict:
+  """{name: median seconds}, the functions timed in turn, round after round, so that a slow
+  spell of the machine falls on all of them alike and their ratios stay fair. Each timed call
+  follows an untimed one of the same function: its caches are as warm as in a run of
+  predictions, not emptied by the other models' weights."""
+  for _ in range(warmup):
+    for fn in fns.values():
+      fn()
+  times = {name: [] for name in fns}
+  for _ in range(repeats):
+    for name, fn in fns.items():
+      fn()
+      t = time.perf_counter()
+      fn()
+      times[name].append(time.perf_counter() - t)
+  return {name: statistics.median(t) for name, t in times.items()}
+
+
 def _batch(config, batch, seq, seed=0):
   rng = np.random.default_rng(seed)
   ids = rng.integers(1000 % config.vocab_size, config.vocab_size, (batch, seq)).astype(np.int32)
@@ -213,7 +231,8 @@ def _torch_forward(config, ids):
 def packed_rows(size, shapes, repeats):
   """{(batch, seq): [(name, seconds, weight bytes, XLA peak bytes)]}: one
   MLM forward of `size`, ours float32 against the packed file through the 1-bit kernel and
-  through XLA (both binarizations), and PyTorch float32, each shape measured side by side."""
+  through XLA (both binarizations), and PyTorch float32. All models are loaded first and,
+  per shape, timed in turn (`interleaved_medians`)."""
   base = bert.sized_config(size, architecture='BertForMaskedLM')
   kernel = kernels_lib.resolve('auto')
   candidates = [('ours float32', None, None)]
@@ -221,32 +240,37 @@ def packed_rows(size, shapes, repeats):
                               ('layers+emb', BinarizeConfig(layers=True, embeddings='per_dim'))):
     for k in dict.fromkeys((kernel, 'xla')):
       candidates.append((f'packed {label}, {k}', binarize_cfg, k))
-  out = {shape: [] for shape in shapes}
+  models = {}  # name: (call, lower, weight bytes)
   for name, binarize_cfg, k in candidates:
     if binarize_cfg is None:
       params = bert.init_params(base, jax.random.PRNGKey(0), 8)
       module = bert.build_model(base)
       fwd = jax.jit(lambda p, x: module.apply({'params': p}, x))
-      call, lower = (lambda x: fwd(params, x)), (lambda x: fwd.lower(params, x))
-      wbytes = sum(int(v.nbytes) for v in jax.tree.leaves(params))
+      models[name] = ((lambda x, fwd=fwd, params=params: fwd(params, x)),
+                      (lambda x, fwd=fwd, params=params: fwd.lower(params, x)),
+                      sum(int(v.nbytes) for v in jax.tree.leaves(params)))
     else:
       cfg = base.replace(binarize=binarize_cfg)
       model = packed_model(cfg, bert.init_params(cfg, jax.random.PRNGKey(0), 8), kernel=k)
-      call, lower, wbytes = model, model.lower, model.nbytes
-    for batch, seq in shapes:
-      ids, _ = _batch(base, batch, seq)
-      mem = lower(ids).compile().memory_analysis()
-      secs = median_seconds(lambda: jax.block_until_ready(call(ids)), repeats)
-      peak = mem.argument_size_in_bytes + mem.temp_size_in_bytes + mem.output_size_in_bytes
-      out[(batch, seq)].append((name, secs, wbytes, peak))
-    del call, lower
+      models[name] = (model, model.lower, model.nbytes)
+  out = {}
   for batch, seq in shapes:
     ids, _ = _batch(base, batch, seq)
+    fns = {name: (lambda call=call: jax.block_until_ready(call(ids)))
+           for name, (call, _, _) in models.items()}
+    nbytes = {name: w for name, (_, _, w) in models.items()}
     torch_run = _torch_forward(base, ids)
     if torch_run is not None:
-      run, nbytes = torch_run
-      out[(batch, seq)].append(('pytorch float32', median_seconds(run, repeats), nbytes,
-                                float('nan')))
+      fns['pytorch float32'], nbytes['pytorch float32'] = torch_run
+    secs = interleaved_medians(fns, repeats)
+    rows = []
+    for name in fns:
+      peak = float('nan')
+      if name in models:
+        mem = models[name][1](ids).compile().memory_analysis()
+        peak = mem.argument_size_in_bytes + mem.temp_size_in_bytes + mem.output_size_in_bytes
+      rows.append((name, secs[name], nbytes[name], peak))
+    out[(batch, seq)] = rows
   return out
 
 
