@@ -58,8 +58,9 @@ def test_sign_matmul_matches_the_float_product(kernel):
 
 
 @needs_ffi
+@pytest.mark.parametrize('precision', kernels.PRECISIONS)
 @pytest.mark.parametrize('path', ffi.PATHS)
-def test_every_cpu_code_path_gives_the_same_answer(path):
+def test_every_cpu_code_path_gives_the_same_answer(path, precision):
   rng = np.random.default_rng(2)
   try:
     ffi.set_max_path(path)
@@ -71,7 +72,8 @@ def test_every_cpu_code_path_gives_the_same_answer(path):
                              (12, 1, 1), (13, 3, 5)]:
       s = _signs(rng, k, n)
       x = rng.standard_normal((m, k)).astype(np.float32)
-      y, total = jax.jit(kernels.sign_matmul_and_sum)(x, kernels.pack_signs(s, 'ffi'))
+      y, total = jax.jit(kernels.sign_matmul_and_sum)(x, kernels.pack_signs(s, 'ffi',
+                                                                            precision))
       _close(y, x.astype(np.float64) @ s)
       _close(total, x.astype(np.float64).sum(-1, keepdims=True))
   finally:
@@ -154,6 +156,31 @@ def test_real_minilm_weights(tmp_path, minilm_dir, kernel):
     _close(kernels.sign_matmul(x, kernels.pack_signs(w, kernel)), x.astype(np.float64) @ w)
 
 
+@needs_ffi
+def test_bfloat16x2_keeps_the_bar_on_real_weights(tmp_path, minilm_dir):
+  """x to 16 significant bits on the AMX tiles (40 tokens a sentence: the tiled path where
+  there is one, the lookup tables elsewhere) still meets the kernels' bar, model and matrix."""
+  from bitmaps_jax import BinarizeConfig, load_hf_bert
+  cfg, params = load_hf_bert(minilm_dir, BinarizeConfig(layers=True, granularity='per_channel'))
+  path = str(tmp_path / 'minilm.bmp')
+  packed.save_packed(cfg, params, path, float_dtype='float32')
+  ref_cfg, ref_params = packed.load_packed(path)
+  ids = np.random.default_rng(8).integers(1000, cfg.vocab_size, (2, 40)).astype(np.int32)
+  ref = bert.build_model(ref_cfg).apply({'params': ref_params}, ids)
+  model = packed.PackedModel.load(path, kernel='ffi', precision='bfloat16x2')
+  _close(model(ids).last_hidden_state, ref.last_hidden_state)
+  w = np.asarray(traverse_util.flatten_dict(ref_params)[
+      ('encoder', 'layer_0', 'output', 'dense', 'kernel')])
+  x = np.random.default_rng(9).standard_normal((64, w.shape[0])).astype(np.float32)
+  y = kernels.sign_matmul(x, kernels.pack_signs(w, 'ffi', 'bfloat16x2'))
+  ref_y = x.astype(np.float64) @ w
+  _close(y, ref_y)
+  # Each x is off by at most 2^-18 |x|: no output by more than that bound over its inputs,
+  # plus float32's own rounding of the sums.
+  bound = 2.0**-18 * np.abs(x).astype(np.float64) @ np.abs(w) + 1e-6 * np.abs(ref_y).max()
+  assert (np.abs(np.asarray(y, np.float64) - ref_y) <= bound).all()
+
+
 def test_without_the_library_auto_is_xla_with_one_warning(monkeypatch, capsys):
   monkeypatch.setattr(ffi, 'library_path', lambda: None)
   ffi._library.cache_clear()
@@ -185,5 +212,7 @@ def test_bad_inputs_are_one_clear_error():
     kernels.sign_matmul(np.ones((2, 15), np.float32), p)
   with pytest.raises(UserError, match='2-D'):
     kernels.pack_signs(np.ones(8), 'xla')
+  with pytest.raises(UserError, match="precision: unknown value 'float16'"):
+    kernels.pack_signs(s, 'xla', precision='float16')
   with pytest.raises(UserError, match='lack'):
     kernels.binary_matmul(x, p, {'alpha': np.ones(24)})

@@ -5,9 +5,11 @@
 // x3 (each the rounded remainder of the last), and y = x1 B + x2 B + x3 B: the products by +-1
 // are exact and the sums float32, so the answer is float32's, as the lookup tables' is. The
 // tables do 16 x 4 multiply-adds per lookup; a tile dot product does 16 x 16 x 32 in 16 cycles.
+// Asked for (`parts` = 2, precision "bfloat16x2"), x is cut to two parts, its 16 leading
+// significant bits (each x off by at most 2^-18 |x|), for a third less work.
 //
-// Tiles: tmm0-3 the sums of 16 tokens x 64 outputs (four 16-output blocks), tmm4-6 the three
-// parts of 16 tokens x 32 inputs, tmm7 one expanded 32 x 16 block of B. B's rows come from
+// Tiles: tmm0-3 the sums of 16 tokens x 64 outputs (four 16-output blocks), tmm4-6 the parts
+// of 16 tokens x 32 inputs (tmm4-5 with two), tmm7 one expanded 32 x 16 block of B. B's rows come from
 // the lut4 words as they are: the 64-bit pair of 16 outputs x 4 inputs is decoded to sign
 // bits, one nibble per output, put in output order (pdep), and the bits of inputs 4g, 4g + 1
 // (then 4g + 2, 4g + 3) of every output, gathered with pext, are one tile row in the pairwise
@@ -63,10 +65,13 @@ struct alignas(64) TileConfig {
   __asm__ volatile("tilestored %%tmm" #t ", (%0,%1,1)" ::"r"(base), "r"((long)(stride)) \
                    : "memory")
 #define BM_TILE_ZERO(t) __asm__ volatile("tilezero %%tmm" #t ::: "memory")
-#define BM_TILE_DOT3(c) \
-  __asm__ volatile("tdpbf16ps %%tmm7, %%tmm4, %%tmm" #c "\n\t" \
-                   "tdpbf16ps %%tmm7, %%tmm5, %%tmm" #c "\n\t" \
-                   "tdpbf16ps %%tmm7, %%tmm6, %%tmm" #c ::: "memory")
+// Sums tmm<c> += each part of x (tmm4.., P of them) times the B tile in tmm7.
+#define BM_TILE_DOTS(c)                                                          \
+  do {                                                                           \
+    __asm__ volatile("tdpbf16ps %%tmm7, %%tmm4, %%tmm" #c "\n\t"                \
+                     "tdpbf16ps %%tmm7, %%tmm5, %%tmm" #c ::: "memory");         \
+    if (P == 3) __asm__ volatile("tdpbf16ps %%tmm7, %%tmm6, %%tmm" #c ::: "memory"); \
+  } while (0)
 
 void AmxBegin() {
   static const TileConfig config = [] {
@@ -97,11 +102,12 @@ bool HasAmx() {
   return has;
 }
 
-// Token tile t of x (M x K float32) as three bfloat16 parts in tiles: part q of inputs
-// 32 s .. 32 s + 31 is 16 rows of 64 bytes at a + (3 s + q) 512, so the tile's parts are one
+// Token tile t of x (M x K float32) as P bfloat16 parts in tiles: part q of inputs
+// 32 s .. 32 s + 31 is 16 rows of 64 bytes at a + (P s + q) 512, so the tile's parts are one
 // sequential stream. Inputs past K and rows past M are zero. Each part is the remainder
 // rounded to nearest even (vcvtne2ps2bf16); the part is exact in float32, so the next
 // remainder is too. The rows' sums go to `sums` (see RowSums).
+template <int P>
 __attribute__((target("avx512f,avx512bw,avx512bf16"))) void SplitTile(
     const float* x, int64_t M, int64_t K, int64_t KS, int64_t t, uint16_t* a, float* sums) {
   for (int64_t r = 0; r < kAmxTokens; ++r) {
@@ -114,10 +120,10 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void SplitTile(
       __m512 lo = _mm512_maskz_loadu_ps(static_cast<__mmask16>(mask), x + m * K + k);
       __m512 hi = _mm512_maskz_loadu_ps(static_cast<__mmask16>(mask >> 16), x + m * K + k + 16);
       total = _mm512_add_ps(total, _mm512_add_ps(lo, hi));
-      for (int q = 0; q < 3; ++q) {
+      for (int q = 0; q < P; ++q) {
         const __m512i part = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo));
-        _mm512_store_si512(a + (s * 3 + q) * 512 + r * 32, part);
-        if (q == 2) break;  // the last part's remainder is not needed
+        _mm512_store_si512(a + (s * P + q) * 512 + r * 32, part);
+        if (q == P - 1) break;  // the last part's remainder is not needed
         const __m512 part_lo = _mm512_castsi512_ps(
             _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(part)), 16));
         const __m512 part_hi = _mm512_castsi512_ps(
@@ -205,6 +211,7 @@ void StoreSums(int64_t t, int np, int64_t M, int64_t N, int64_t p0, float* c, fl
 // in memory between blocks (with one token tile they stay in their tiles). Two buffers: the
 // next block is expanded a (step, pair) tile at a time between the dot products, which the
 // tile unit runs meanwhile.
+template <int P>
 void AmxChunk(const uint16_t* a, const uint32_t* w, int64_t M, int64_t N, int64_t G,
               int64_t Kp, int64_t t0, int64_t t1, int64_t p0, int np, float* y) {
   const int64_t KS = Kp / kAmxInputs;
@@ -237,24 +244,24 @@ void AmxChunk(const uint16_t* a, const uint32_t* w, int64_t M, int64_t N, int64_
         BM_TILE_LOAD(3, ct + 768, 64);
       }
       for (int64_t s = s0; s < s1; ++s) {
-        const uint16_t* at = a + ((t - t0) * KS + s) * 3 * 512;
+        const uint16_t* at = a + ((t - t0) * KS + s) * P * 512;
         BM_TILE_LOAD(4, at, 64);
         BM_TILE_LOAD(5, at + 512, 64);
-        BM_TILE_LOAD(6, at + 1024, 64);
+        if (P == 3) BM_TILE_LOAD(6, at + 1024, 64);
         const uint16_t* bs = b + (s - s0) * kAmxPairs * 512;
         BM_TILE_LOAD(7, bs, 64);
-        BM_TILE_DOT3(0);
+        BM_TILE_DOTS(0);
         if (np > 1) {
           BM_TILE_LOAD(7, bs + 512, 64);
-          BM_TILE_DOT3(1);
+          BM_TILE_DOTS(1);
         }
         if (np > 2) {
           BM_TILE_LOAD(7, bs + 1024, 64);
-          BM_TILE_DOT3(2);
+          BM_TILE_DOTS(2);
         }
         if (np > 3) {
           BM_TILE_LOAD(7, bs + 1536, 64);
-          BM_TILE_DOT3(3);
+          BM_TILE_DOTS(3);
         }
         // Meanwhile, a share of the next block.
         ++slot;
@@ -278,13 +285,14 @@ void AmxChunk(const uint16_t* a, const uint32_t* w, int64_t M, int64_t N, int64_
 
 // One call's work: chunks of (token block, four pairs), taken in order. A thread splits the
 // token tiles of the block it works on into parts of its own (thread_local, at most 4 x 16 x
-// K x 6 bytes: 1.1 MiB for BERT-base's FFN): every tile load of x then hits lines this core
+// K x 2P bytes: 1.1 MiB for BERT-base's FFN): every tile load of x then hits lines this core
 // wrote, in its own L2, where parts shared between threads came half from the other core's
 // cache, at L3 speed (BERT-base, 64 tokens: 9% less time for 768 x 3072, 13% for 3072 x
 // 768). The row sums come from the first thread to split each tile.
 constexpr int64_t kAmxRoundTokens = 256;  // tokens per round of a call
 constexpr int64_t kAmxRoundTiles = kAmxRoundTokens / kAmxTokens;
 
+template <int P>
 struct AmxWork : Operands {
   int64_t Mp, Kp, tiles, pairs, blocks, groups, items;
   std::atomic<int64_t> next{0};
@@ -301,17 +309,17 @@ struct AmxWork : Operands {
       const int64_t t0 = blk * kAmxBlockTiles, t1 = std::min(tiles, t0 + kAmxBlockTiles);
       if (blk != split_block) {  // blocks come in order: a thread never goes back to one
         if (a == nullptr) {
-          a = Aligned64(parts, 3 * kAmxBlockTiles * kAmxTokens * Kp);
+          a = Aligned64(parts, P * kAmxBlockTiles * kAmxTokens * Kp);
           AmxBegin();
         }
         float* other = Aligned64(unused_sums, Mp);
         for (int64_t t = t0; t < t1; ++t)
-          SplitTile(x, M, K, Kp / kAmxInputs, t, a + (t - t0) * 3 * kAmxTokens * Kp,
+          SplitTile<P>(x, M, K, Kp / kAmxInputs, t, a + (t - t0) * P * kAmxTokens * Kp,
                     summed[t].exchange(true) ? other : sums);
         split_block = blk;
       }
       const int64_t p0 = grp * kAmxPairs;
-      AmxChunk(a, w, M, N, G, Kp, t0, t1, p0,
+      AmxChunk<P>(a, w, M, N, G, Kp, t0, t1, p0,
                static_cast<int>(std::min<int64_t>(kAmxPairs, pairs - p0)), y);
       done.fetch_add(1, std::memory_order_release);
     }
@@ -319,9 +327,10 @@ struct AmxWork : Operands {
   }
 };
 
+template <int P>
 void AmxRound(ffi::ThreadPool& pool, const float* x, const uint32_t* w, float* y, float* sums,
               int64_t M, int64_t K, int64_t N) {
-  auto work = std::make_shared<AmxWork>();
+  auto work = std::make_shared<AmxWork<P>>();
   static_cast<Operands&>(*work) = {x, w, y, sums, M, K, N, (K + 3) / 4};
   work->tiles = (M + kAmxTokens - 1) / kAmxTokens;
   work->Mp = work->tiles * kAmxTokens;
@@ -333,11 +342,17 @@ void AmxRound(ffi::ThreadPool& pool, const float* x, const uint32_t* w, float* y
   RunOnPool(pool, work, work->items);
 }
 
+// y = x @ B with x in `parts` (3: float32's answer; 2: x's 16 leading significant bits)
+// bfloat16 parts.
 void AmxMatmul(ffi::ThreadPool& pool, const float* x, const uint32_t* w, float* y, float* sums,
-               int64_t M, int64_t K, int64_t N) {
-  for (int64_t m0 = 0; m0 < M; m0 += kAmxRoundTokens)
-    AmxRound(pool, x + m0 * K, w, y + m0 * N, sums + m0, std::min(kAmxRoundTokens, M - m0), K,
-             N);
+               int64_t M, int64_t K, int64_t N, int parts) {
+  for (int64_t m0 = 0; m0 < M; m0 += kAmxRoundTokens) {
+    const int64_t m = std::min(kAmxRoundTokens, M - m0);
+    if (parts == 2)
+      AmxRound<2>(pool, x + m0 * K, w, y + m0 * N, sums + m0, m, K, N);
+    else
+      AmxRound<3>(pool, x + m0 * K, w, y + m0 * N, sums + m0, m, K, N);
+  }
 }
 #else
 bool HasAmx() { return false; }

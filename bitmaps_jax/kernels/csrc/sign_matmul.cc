@@ -2,7 +2,8 @@
 // that also returns x's row sums (for the schemes' gamma term). Two kernels read the bits:
 // lut_tables.h, lookup tables after T-MAC (AVX-512, AVX2 or portable C++), and amx_tiles.h,
 // 1-bit tiles for the AMX tile unit (Intel Xeon 4th generation and later) from 12 tokens. The
-// CPU is asked at run time; both give float32's answers.
+// CPU is asked at run time; both give float32's answers (the tiles only when `parts` is 3; 2
+// trades x's last 8 significant bits for a third less tile work, see amx_tiles.h).
 //
 // Weight layout ("lut4"): uint32 words [ceil(N / 16), ceil(K / 4), 2]. Word (p, g, h) holds,
 // in its nibble i, the code of output 16p + 2i + h for inputs 4g .. 4g + 3: with n = the four
@@ -43,13 +44,16 @@ int ChoosePath() {
 // y = x @ B and sums = x's row sums (M).
 ffi::Error SignMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                           ffi::Buffer<ffi::U32> words, ffi::ResultBuffer<ffi::F32> y,
-                          ffi::ResultBuffer<ffi::F32> sums, int64_t k, int64_t n) {
+                          ffi::ResultBuffer<ffi::F32> sums, int64_t k, int64_t n,
+                          int64_t parts) {
   const auto xd = x.dimensions();
   const auto wd = words.dimensions();
   if (xd.size() != 2 || xd[1] != k)
     return ffi::Error::InvalidArgument("sign_matmul: x must be (tokens, k)");
   if (wd.size() != 3 || wd[0] != (n + 15) / 16 || wd[1] != (k + 3) / 4 || wd[2] != 2)
     return ffi::Error::InvalidArgument("sign_matmul: packed signs have the wrong shape");
+  if (parts != 2 && parts != 3)
+    return ffi::Error::InvalidArgument("sign_matmul: parts must be 2 or 3");
   const int64_t M = xd[0];
   const int path = ChoosePath();
   if (M == 0) return ffi::Error::Success();
@@ -59,7 +63,7 @@ ffi::Error SignMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   }
   if (path == 3 && M >= kAmxMinTokens)
     AmxMatmul(pool, x.typed_data(), words.typed_data(), y->typed_data(), sums->typed_data(), M,
-              k, n);
+              k, n, static_cast<int>(parts));
   else  // few tokens run through the tables even where there are tiles
     LutMatmul(pool, std::min(path, 2), x.typed_data(), words.typed_data(), y->typed_data(),
               sums->typed_data(), M, k, n);
@@ -77,7 +81,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(BitmapsSignMatmul, bitmaps::SignMatmulImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("k")
-                                  .Attr<int64_t>("n"));
+                                  .Attr<int64_t>("n")
+                                  .Attr<int64_t>("parts"));
 
 extern "C" {
 // The path the kernel runs on this CPU: 3 AMX, 2 AVX-512, 1 AVX2, 0 portable C++.
