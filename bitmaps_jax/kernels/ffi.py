@@ -62,10 +62,10 @@ def set_max_path(path: str):
   _library().bitmaps_set_max_path(PATHS.index(path))
 
 
-# How many bfloat16 parts x is split into on the AMX path, by precision: 'float32' keeps all
-# of x (float32's answers), 'bfloat16x2' its 16 leading significant bits (a third less work).
-# The lookup tables compute in float32 either way.
-PRECISIONS = {'float32': 3, 'bfloat16x2': 2}
+# The kernel's code for each precision. On the AMX path 'float32' reads x as four int8 digits
+# against each row's largest value (float32's answers), 'bfloat16x2' as two bfloat16 parts,
+# its 16 leading significant bits. The lookup tables compute in float32 either way.
+PRECISIONS = {'float32': 0, 'bfloat16x2': 1}
 
 
 def sign_matmul_and_sum(x, words, k: int, n: int, precision: str = 'float32'):
@@ -79,7 +79,7 @@ def sign_matmul_and_sum(x, words, k: int, n: int, precision: str = 'float32'):
   x2 = x.reshape((m, k)).astype(jnp.float32)
   shapes = (jax.ShapeDtypeStruct((m, n), jnp.float32), jax.ShapeDtypeStruct((m,), jnp.float32))
   out, sums = jax.ffi.ffi_call(TARGET, shapes)(x2, words, k=np.int64(k), n=np.int64(n),
-                                                parts=np.int64(PRECISIONS[precision]))
+                                                precision=np.int64(PRECISIONS[precision]))
   return out.reshape(lead + (n,)).astype(x.dtype), sums.reshape(lead + (1,)).astype(x.dtype)
 
 

@@ -1,19 +1,19 @@
-// The AMX tile kernel (Intel Xeon 4th generation and later), for many tokens; included by
-// sign_matmul.cc only. A 1-bit tile of B is expanded to +-1 bfloat16 in L1 and meets the
-// activations in the tile unit's bfloat16 dot products with float32 sums. bfloat16 keeps 8 of
-// float32's 24 significant bits, so x is split exactly into three bfloat16 parts, x = x1 + x2 +
-// x3 (each the rounded remainder of the last), and y = x1 B + x2 B + x3 B: the products by +-1
-// are exact and the sums float32, so the answer is float32's, as the lookup tables' is. The
-// tables do 16 x 4 multiply-adds per lookup; a tile dot product does 16 x 16 x 32 in 16 cycles.
-// Asked for (`parts` = 2, precision "bfloat16x2"), x is cut to two parts, its 16 leading
-// significant bits (each x off by at most 2^-18 |x|), for a third less work.
+// The AMX tile unit (Intel Xeon 4th generation and later), for many tokens: what both of its
+// kernels share (tile set-up, CPU check, storing sums) and the bfloat16 one, used at precision
+// "bfloat16x2"; included through amx_matmul.h. A 1-bit tile of B is expanded to +-1 bfloat16
+// in L1 and meets the activations in the tile unit's bfloat16 dot products (16 x 16 x 32 in 16
+// cycles) with float32 sums. bfloat16 keeps 8 of float32's 24 significant bits; x is split
+// into P bfloat16 parts, x ~ x1 + .. + xP, each the rounded remainder of the last, and y = x1
+// B + .. + xP B, the products by +-1 exact. Two parts keep x's 16 leading significant bits
+// (each x off by at most 2^-18 |x|); three would keep all of them, but float32 precision is
+// cheaper with int8 digits (amx_digits.h).
 //
 // Tiles: tmm0-3 the sums of 16 tokens x 64 outputs (four 16-output blocks), tmm4-6 the parts
-// of 16 tokens x 32 inputs (tmm4-5 with two), tmm7 one expanded 32 x 16 block of B. B's rows come from
-// the lut4 words as they are: the 64-bit pair of 16 outputs x 4 inputs is decoded to sign
-// bits, one nibble per output, put in output order (pdep), and the bits of inputs 4g, 4g + 1
-// (then 4g + 2, 4g + 3) of every output, gathered with pext, are one tile row in the pairwise
-// layout the dot product reads.
+// of 16 tokens x 32 inputs (tmm4-5 with two), tmm7 one expanded 32 x 16 block of B. B's rows
+// come from the lut4 words as they are: the 64-bit pair of 16 outputs x 4 inputs is decoded
+// to sign bits, one nibble per output, put in output order (pdep), and the bits of inputs 4g,
+// 4g + 1 (then 4g + 2, 4g + 3) of every output, gathered with pext, are one tile row in the
+// pairwise layout the dot product reads.
 #ifndef BITMAPS_KERNELS_AMX_TILES_H_
 #define BITMAPS_KERNELS_AMX_TILES_H_
 
@@ -89,7 +89,9 @@ void AmxEnd() { __asm__ volatile("tilerelease" ::: "memory"); }
 
 bool HasAmx() {
   static const bool has = [] {
-    if (!__builtin_cpu_supports("avx512bw") || !__builtin_cpu_supports("bmi2")) return false;
+    if (!__builtin_cpu_supports("avx512bw") || !__builtin_cpu_supports("avx512vbmi") ||
+        !__builtin_cpu_supports("bmi2"))
+      return false;
     unsigned a, b, c, d;
     if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
     if (!((d >> 22) & 1) || !((d >> 24) & 1)) return false;  // AMX-BF16, AMX-TILE
@@ -106,7 +108,7 @@ bool HasAmx() {
 // 32 s .. 32 s + 31 is 16 rows of 64 bytes at a + (P s + q) 512, so the tile's parts are one
 // sequential stream. Inputs past K and rows past M are zero. Each part is the remainder
 // rounded to nearest even (vcvtne2ps2bf16); the part is exact in float32, so the next
-// remainder is too. The rows' sums go to `sums` (see RowSums).
+// remainder is too. The rows' sums go to `sums` (see RowSums) when not null.
 template <int P>
 __attribute__((target("avx512f,avx512bw,avx512bf16"))) void SplitTile(
     const float* x, int64_t M, int64_t K, int64_t KS, int64_t t, uint16_t* a, float* sums) {
@@ -132,7 +134,7 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void SplitTile(
         hi = _mm512_sub_ps(hi, part_hi);
       }
     }
-    if (m < M) sums[m] = _mm512_reduce_add_ps(total);
+    if (m < M && sums != nullptr) sums[m] = _mm512_reduce_add_ps(total);
   }
 }
 
@@ -283,77 +285,6 @@ void AmxChunk(const uint16_t* a, const uint32_t* w, int64_t M, int64_t N, int64_
   }
 }
 
-// One call's work: chunks of (token block, four pairs), taken in order. A thread splits the
-// token tiles of the block it works on into parts of its own (thread_local, at most 4 x 16 x
-// K x 2P bytes: 1.1 MiB for BERT-base's FFN): every tile load of x then hits lines this core
-// wrote, in its own L2, where parts shared between threads came half from the other core's
-// cache, at L3 speed (BERT-base, 64 tokens: 9% less time for 768 x 3072, 13% for 3072 x
-// 768). The row sums come from the first thread to split each tile.
-constexpr int64_t kAmxRoundTokens = 256;  // tokens per round of a call
-constexpr int64_t kAmxRoundTiles = kAmxRoundTokens / kAmxTokens;
-
-template <int P>
-struct AmxWork : Operands {
-  int64_t Mp, Kp, tiles, pairs, blocks, groups, items;
-  std::atomic<int64_t> next{0};
-  std::atomic<int64_t> done{0};
-  std::atomic<bool> summed[kAmxRoundTiles] = {};
-
-  void Drain() {
-    thread_local std::vector<uint16_t> parts;
-    thread_local std::vector<float> unused_sums;
-    uint16_t* a = nullptr;
-    int64_t i, split_block = -1;
-    while ((i = next.fetch_add(1)) < items) {
-      const int64_t blk = i / groups, grp = i % groups;
-      const int64_t t0 = blk * kAmxBlockTiles, t1 = std::min(tiles, t0 + kAmxBlockTiles);
-      if (blk != split_block) {  // blocks come in order: a thread never goes back to one
-        if (a == nullptr) {
-          a = Aligned64(parts, P * kAmxBlockTiles * kAmxTokens * Kp);
-          AmxBegin();
-        }
-        float* other = Aligned64(unused_sums, Mp);
-        for (int64_t t = t0; t < t1; ++t)
-          SplitTile<P>(x, M, K, Kp / kAmxInputs, t, a + (t - t0) * P * kAmxTokens * Kp,
-                    summed[t].exchange(true) ? other : sums);
-        split_block = blk;
-      }
-      const int64_t p0 = grp * kAmxPairs;
-      AmxChunk<P>(a, w, M, N, G, Kp, t0, t1, p0,
-               static_cast<int>(std::min<int64_t>(kAmxPairs, pairs - p0)), y);
-      done.fetch_add(1, std::memory_order_release);
-    }
-    if (a != nullptr) AmxEnd();
-  }
-};
-
-template <int P>
-void AmxRound(ffi::ThreadPool& pool, const float* x, const uint32_t* w, float* y, float* sums,
-              int64_t M, int64_t K, int64_t N) {
-  auto work = std::make_shared<AmxWork<P>>();
-  static_cast<Operands&>(*work) = {x, w, y, sums, M, K, N, (K + 3) / 4};
-  work->tiles = (M + kAmxTokens - 1) / kAmxTokens;
-  work->Mp = work->tiles * kAmxTokens;
-  work->Kp = (K + kAmxInputs - 1) / kAmxInputs * kAmxInputs;
-  work->pairs = (N + 15) / 16;
-  work->groups = (work->pairs + kAmxPairs - 1) / kAmxPairs;
-  work->blocks = (work->tiles + kAmxBlockTiles - 1) / kAmxBlockTiles;
-  work->items = work->blocks * work->groups;
-  RunOnPool(pool, work, work->items);
-}
-
-// y = x @ B with x in `parts` (3: float32's answer; 2: x's 16 leading significant bits)
-// bfloat16 parts.
-void AmxMatmul(ffi::ThreadPool& pool, const float* x, const uint32_t* w, float* y, float* sums,
-               int64_t M, int64_t K, int64_t N, int parts) {
-  for (int64_t m0 = 0; m0 < M; m0 += kAmxRoundTokens) {
-    const int64_t m = std::min(kAmxRoundTokens, M - m0);
-    if (parts == 2)
-      AmxRound<2>(pool, x + m0 * K, w, y + m0 * N, sums + m0, m, K, N);
-    else
-      AmxRound<3>(pool, x + m0 * K, w, y + m0 * N, sums + m0, m, K, N);
-  }
-}
 #else
 bool HasAmx() { return false; }
 #endif
