@@ -43,9 +43,6 @@ flags.DEFINE_string('split', 'validation', 'validation (dev), test, train, holdo
                     'file laid out like the task\'s dev file.')
 flags.DEFINE_string('packed', '', 'Evaluate this packed model file (python -m bitmaps_jax '
                     'export) instead of the run\'s latest checkpoint.')
-flags.DEFINE_enum('precision', 'float32', ['float32', 'bfloat16x2'], 'With --packed: '
-                  'float32 (every product float32\'s answer) or bfloat16x2 (the CPU kernel\'s '
-                  'AMX tiles read activations to 16 significant bits).')
 flags.DEFINE_integer('step', None, 'Evaluate this saved checkpoint step instead of the '
                      'latest.')
 cli.define_config_dict('config', _run_config_from_argv(sys.argv),
@@ -68,7 +65,7 @@ def main(argv):
     with run.lock('eval') if writable else contextlib.nullcontext():
       run.train_config()  # one line if it is not a run or is unreadable
       out = evaluate.evaluate_run(FLAGS.workdir, FLAGS.config, FLAGS.split, FLAGS.packed,
-                                  FLAGS.step, FLAGS.precision)
+                                  FLAGS.step)
       _print(out)
       for path in evaluate.write_results(FLAGS.workdir, FLAGS.split, out, FLAGS.step):
         print(f'  written: {path}')
@@ -77,8 +74,8 @@ def main(argv):
 
 
 def _print(out):
-  source = (f'packed file {out["packed_file"]} (precision {out["precision"]})'
-            if out.get('packed_file') else f'checkpoint step {out["checkpoint_step"]}')
+  source = (f'packed file {out["packed_file"]}' if out.get('packed_file')
+            else f'checkpoint step {out["checkpoint_step"]}')
   from bitmaps_jax.tasks.glue import data as glue_data
   print(f'{out["task"]} {out["split"]}: {out["num_examples"]} examples, {source}')
   for key in (*glue_data.get_task(out['task']).metrics, 'loss'):

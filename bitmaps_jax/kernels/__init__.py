@@ -4,9 +4,8 @@ One interface, three implementations picked by name:
 
 - `ffi`: the C++ CPU kernel, an XLA FFI custom call built with the package: lookup tables
   over groups of four inputs (AVX-512, AVX2 or portable C++), and on CPUs with AMX tiles,
-  for 12 tokens or more, 1-bit tiles expanded to +-1 bfloat16 in L1 against x split exactly
-  into three bfloat16 parts (float32 answers either way; precision='bfloat16x2' takes two
-  parts, x to 16 significant bits, for a third less tile work).
+  for 12 tokens or more, 1-bit tiles expanded to +-1 int8 in L1 against x as four int8
+  digits of a fixed point per token (float32 answers either way).
 - `pallas`: TPU/GPU, packed tiles unpacked in on-chip memory before one dot.
 - `xla`: unpack inside the jitted function and let XLA multiply (the reference).
 
@@ -31,22 +30,15 @@ KERNELS = ('auto', 'ffi', 'pallas', 'xla')
 LAYOUT_OF = {'ffi': 'lut4', 'pallas': 'planes', 'xla': 'planes'}
 
 
-PRECISIONS = tuple(ffi.PRECISIONS)
-
-
 @functools.partial(jax.tree_util.register_dataclass, data_fields=['data'],
-                   meta_fields=['k', 'n', 'kernel', 'precision'])
+                   meta_fields=['k', 'n', 'kernel'])
 @dataclasses.dataclass(frozen=True)
 class PackedSigns:
-  """A +-1 matrix (k inputs, n outputs) at 1 bit per weight, laid out for `kernel`.
-  `precision`: 'float32' (the product's answer is float32's) or 'bfloat16x2' (the CPU kernel's
-  tiles read x to 16 significant bits, each x off by at most 2^-18 |x|, for a third less work;
-  the other kernels and the lookup tables are float32 either way)."""
+  """A +-1 matrix (k inputs, n outputs) at 1 bit per weight, laid out for `kernel`."""
   data: jax.Array
   k: int
   n: int
   kernel: str
-  precision: str = 'float32'
 
   @property
   def nbytes(self) -> int:
@@ -84,17 +76,14 @@ def resolve(kernel: str = 'auto') -> str:
   return kernel
 
 
-def pack_signs(signs, kernel: str = 'auto', precision: str = 'float32') -> PackedSigns:
+def pack_signs(signs, kernel: str = 'auto') -> PackedSigns:
   """Lays out a +-1 matrix (in, out) for `kernel` (numpy, once per model load)."""
   kernel = resolve(kernel)
-  if precision not in PRECISIONS:
-    raise UserError(f'precision: unknown value {precision!r}; expected one of '
-                    f'{", ".join(PRECISIONS)}')
   signs = np.asarray(signs)
   if signs.ndim != 2:
     raise UserError(f'pack_signs: expected a 2-D (in, out) sign matrix, got shape {signs.shape}')
   return PackedSigns(jnp.asarray(layouts.pack(signs, LAYOUT_OF[kernel])), int(signs.shape[0]),
-                     int(signs.shape[1]), kernel, precision)
+                     int(signs.shape[1]), kernel)
 
 
 def check(p: PackedSigns):
@@ -115,7 +104,7 @@ def sign_matmul(x, p: PackedSigns):
   """x (..., k) @ B (k, n), reading B's bits."""
   _checked(x, p)
   if p.kernel == 'ffi':  # computes in float32, returns x's dtype
-    return ffi.sign_matmul(x, p.data, p.k, p.n, p.precision)
+    return ffi.sign_matmul(x, p.data, p.k, p.n)
   if p.kernel == 'pallas':
     from bitmaps_jax.kernels import pallas  # jax.experimental.pallas only when asked for
     return pallas.sign_matmul(x, p.data, p.k, p.n)
@@ -127,7 +116,7 @@ def sign_matmul_and_sum(x, p: PackedSigns):
   fewer per product for the alpha/gamma schemes); the other kernels leave the sum to XLA."""
   if p.kernel == 'ffi':
     _checked(x, p)
-    return ffi.sign_matmul_and_sum(x, p.data, p.k, p.n, p.precision)
+    return ffi.sign_matmul_and_sum(x, p.data, p.k, p.n)
   return sign_matmul(x, p), jnp.sum(x, -1, keepdims=True)
 
 

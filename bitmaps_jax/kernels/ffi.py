@@ -62,13 +62,7 @@ def set_max_path(path: str):
   _library().bitmaps_set_max_path(PATHS.index(path))
 
 
-# The kernel's code for each precision. On the AMX path 'float32' reads x as four int8 digits
-# against each row's largest value (float32's answers), 'bfloat16x2' as two bfloat16 parts,
-# its 16 leading significant bits. The lookup tables compute in float32 either way.
-PRECISIONS = {'float32': 0, 'bfloat16x2': 1}
-
-
-def sign_matmul_and_sum(x, words, k: int, n: int, precision: str = 'float32'):
+def sign_matmul_and_sum(x, words, k: int, n: int):
   """(x @ B, x summed over its last axis, keepdims): x (..., K), B (K, N) in the `lut4` layout;
   computed in float32, returned in x's dtype. The kernel sums x as it reads it, which saves
   the alpha/gamma schemes one XLA op per product. Jittable, CPU only."""
@@ -78,11 +72,10 @@ def sign_matmul_and_sum(x, words, k: int, n: int, precision: str = 'float32'):
   m = int(np.prod(lead, dtype=np.int64))
   x2 = x.reshape((m, k)).astype(jnp.float32)
   shapes = (jax.ShapeDtypeStruct((m, n), jnp.float32), jax.ShapeDtypeStruct((m,), jnp.float32))
-  out, sums = jax.ffi.ffi_call(TARGET, shapes)(x2, words, k=np.int64(k), n=np.int64(n),
-                                                precision=np.int64(PRECISIONS[precision]))
+  out, sums = jax.ffi.ffi_call(TARGET, shapes)(x2, words, k=np.int64(k), n=np.int64(n))
   return out.reshape(lead + (n,)).astype(x.dtype), sums.reshape(lead + (1,)).astype(x.dtype)
 
 
-def sign_matmul(x, words, k: int, n: int, precision: str = 'float32'):
+def sign_matmul(x, words, k: int, n: int):
   """x (..., K) @ B (K, N), B in the `lut4` layout. Jittable, CPU only."""
-  return sign_matmul_and_sum(x, words, k, n, precision)[0]
+  return sign_matmul_and_sum(x, words, k, n)[0]

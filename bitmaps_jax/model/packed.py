@@ -177,16 +177,12 @@ class PackedModel:
       logits = model(input_ids, attention_mask, token_type_ids)
 
   `kernel`: 'ffi' (the C++ CPU kernel), 'pallas' (TPU/GPU), 'xla' (unpack inside the
-  jitted forward and let XLA multiply: the reference), or 'auto'. `precision`: 'float32'
-  (every product float32's answer) or 'bfloat16x2' (the CPU kernel's AMX tiles read
-  activations to 16 significant bits, a third less work; see `kernels.PackedSigns`).
+  jitted forward and let XLA multiply: the reference), or 'auto'.
   """
 
-  def __init__(self, config: BertConfig, records: dict, kernel: str = 'auto',
-               precision: str = 'float32'):
+  def __init__(self, config: BertConfig, records: dict, kernel: str = 'auto'):
     self.config = config
     self.kernel = kernels.resolve(kernel)
-    self.precision = precision
     floats, signs = {}, {}
     for key, r in records.items():
       if _is_signs(r):
@@ -196,7 +192,7 @@ class PackedModel:
         matrix = bits.reshape(shape).astype(np.int8) * 2 - 1
         if key[-1] == 'embedding':  # (vocab, hidden): kept as E^T for the tied decoder
           matrix = matrix.T
-        signs[key] = kernels.pack_signs(matrix, self.kernel, precision)
+        signs[key] = kernels.pack_signs(matrix, self.kernel)
       else:
         floats[key] = jnp.asarray(_array_from_record(r), config.storage_dtype)
     self.params = traverse_util.unflatten_dict(floats)
@@ -216,8 +212,8 @@ class PackedModel:
     self._forward = jax.jit(forward)
 
   @classmethod
-  def load(cls, path: str, kernel: str = 'auto', precision: str = 'float32') -> 'PackedModel':
-    return cls(*read_packed(path), kernel=kernel, precision=precision)
+  def load(cls, path: str, kernel: str = 'auto') -> 'PackedModel':
+    return cls(*read_packed(path), kernel=kernel)
 
   @property
   def nbytes(self) -> int:

@@ -197,12 +197,12 @@ def torch_phase_seconds(config, batch, seq, repeats, phases=('forward', 'forward
   return {name: median_seconds(fns[name], repeats) for name in phases}
 
 
-def packed_model(config, params, float_dtype='float16', kernel='auto', precision='float32'):
+def packed_model(config, params, float_dtype='float16', kernel='auto'):
   """The product's packed inference: params written as a packed file, loaded by PackedModel."""
   with tempfile.TemporaryDirectory() as tmp:
     path = os.path.join(tmp, 'model.bmp')
     packed_file.save_packed(config, params, path, float_dtype)
-    return packed_file.PackedModel.load(path, kernel=kernel, precision=precision)
+    return packed_file.PackedModel.load(path, kernel=kernel)
 
 
 PACKED_SHAPES = ((1, 16), (1, 64), (8, 128), (32, 128))
@@ -231,20 +231,17 @@ def _torch_forward(config, ids):
 def packed_rows(size, shapes, repeats):
   """{(batch, seq): [(name, seconds, weight bytes, XLA peak bytes)]}: one
   MLM forward of `size`, ours float32 against the packed file through the 1-bit kernel and
-  through XLA (both binarizations; with the CPU kernel, layers + emb also at precision
-  bfloat16x2), and PyTorch float32. All models are loaded first and, per shape, timed in turn
-  (`interleaved_medians`)."""
+  through XLA (both binarizations), and PyTorch float32. All models are loaded first and,
+  per shape, timed in turn (`interleaved_medians`)."""
   base = bert.sized_config(size, architecture='BertForMaskedLM')
   kernel = kernels_lib.resolve('auto')
-  candidates = [('ours float32', None, None, None)]
+  candidates = [('ours float32', None, None)]
   for label, binarize_cfg in (('layers', BinarizeConfig(layers=True)),
                               ('layers+emb', BinarizeConfig(layers=True, embeddings='per_dim'))):
     for k in dict.fromkeys((kernel, 'xla')):
-      candidates.append((f'packed {label}, {k}', binarize_cfg, k, 'float32'))
-      if k == 'ffi' and label == 'layers+emb':
-        candidates.append((f'packed {label}, {k} bfloat16x2', binarize_cfg, k, 'bfloat16x2'))
+      candidates.append((f'packed {label}, {k}', binarize_cfg, k))
   models = {}  # name: (call, lower, weight bytes)
-  for name, binarize_cfg, k, precision in candidates:
+  for name, binarize_cfg, k in candidates:
     if binarize_cfg is None:
       params = bert.init_params(base, jax.random.PRNGKey(0), 8)
       module = bert.build_model(base)
@@ -254,8 +251,7 @@ def packed_rows(size, shapes, repeats):
                       sum(int(v.nbytes) for v in jax.tree.leaves(params)))
     else:
       cfg = base.replace(binarize=binarize_cfg)
-      model = packed_model(cfg, bert.init_params(cfg, jax.random.PRNGKey(0), 8), kernel=k,
-                           precision=precision)
+      model = packed_model(cfg, bert.init_params(cfg, jax.random.PRNGKey(0), 8), kernel=k)
       models[name] = (model, model.lower, model.nbytes)
   out = {}
   for batch, seq in shapes:
@@ -337,7 +333,7 @@ def packed_section(sizes, quick, repeats):
       fp = rows[0][1]
       for name, secs, wbytes, peak in rows:
         mem = '' if np.isnan(peak) else f'  peak {peak / 2**20:7.1f} MiB'
-        print(f'{size:<16} {batch:>2}x{seq:<4} {name:<33} {secs * 1e3:9.2f} ms '
+        print(f'{size:<16} {batch:>2}x{seq:<4} {name:<26} {secs * 1e3:9.2f} ms '
               f'({fp / secs:5.2f}x faster)  weights {wbytes / 2**20:7.1f} MiB{mem}')
     if quick:  # a fresh process per model: too slow for the CI check
       continue
@@ -570,7 +566,7 @@ def inference_section(sizes, batch, seq, repeats):
     rows = inference_rows(size, batch, seq, repeats)
     fp_secs, fp_bytes = rows[0][1], rows[0][2]
     for name, secs, wbytes, peak in rows:
-      print(f'{size:<16} {name:<33} {secs * 1e3:9.1f} ms ({secs / fp_secs:4.2f}x)  weights '
+      print(f'{size:<16} {name:<26} {secs * 1e3:9.1f} ms ({secs / fp_secs:4.2f}x)  weights '
             f'{wbytes / 2**20:8.1f} MiB ({fp_bytes / wbytes:4.1f}x less)  peak '
             f'{peak / 2**20:8.1f} MiB')
 

@@ -98,9 +98,6 @@ cli.define_once(flags.DEFINE_string, 'input', None,
 cli.define_once(flags.DEFINE_integer, 'batch', 32, 'Examples per forward pass.')
 cli.define_once(flags.DEFINE_enum, 'kernel', 'auto', ['auto', 'ffi', 'pallas', 'xla'],
                 'How the packed bits are multiplied (auto: the fastest here).')
-cli.define_once(flags.DEFINE_enum, 'precision', 'float32', ['float32', 'bfloat16x2'],
-                'float32: every product float32\'s answer; bfloat16x2: the CPU kernel\'s AMX '
-                'tiles read activations to 16 significant bits, a third less work.')
 
 _USAGE = ('usage: python -m bitmaps_jax predict MODEL_FILE --vocab=VOCAB '
           '[SENTENCE ... | --pairs ONE TWO ... | --tsv=PAIRS.tsv | --input=FILE|-]')
@@ -150,8 +147,7 @@ def _main(positional):
   packed = read_packed_file(positional[0])
   tokenizer = load_tokenizer(FLAGS.vocab)
   check_vocabulary(FLAGS.vocab, tokenizer, positional[0], packed)
-  model = PackedModel(packed.config, packed.records, kernel=FLAGS.kernel,
-                      precision=FLAGS.precision)
+  model = PackedModel(packed.config, packed.records, kernel=FLAGS.kernel)
   count, busy = 0, 0.0
   while batch := list(itertools.islice(examples, FLAGS.batch)):
     first = [a for a, _ in batch]

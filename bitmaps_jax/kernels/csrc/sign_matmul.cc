@@ -1,9 +1,8 @@
 // y = x @ B for a +-1 matrix B (K, N) held as 1 bit per weight, on CPU, as an XLA FFI handler
 // that also returns x's row sums (for the schemes' gamma term). Two kernels read the bits:
-// lut_tables.h, lookup tables after T-MAC (AVX-512, AVX2 or portable C++), and amx_matmul.h,
+// lut_tables.h, lookup tables after T-MAC (AVX-512, AVX2 or portable C++), and amx_tiles.h,
 // 1-bit tiles for the AMX tile unit (Intel Xeon 4th generation and later) from 12 tokens. The
-// CPU is asked at run time; both give float32's answers (the tiles at `precision` 0; 1, for
-// "bfloat16x2", reads x to 16 significant bits in bfloat16 tiles, see amx_tiles.h).
+// CPU is asked at run time; both give float32's answers.
 //
 // Weight layout ("lut4"): uint32 words [ceil(N / 16), ceil(K / 4), 2]. Word (p, g, h) holds,
 // in its nibble i, the code of output 16p + 2i + h for inputs 4g .. 4g + 3: with n = the four
@@ -19,7 +18,7 @@
 #include <memory>
 #include <vector>
 
-#include "amx_matmul.h"
+#include "amx_tiles.h"
 #include "cpu_common.h"
 #include "lut_tables.h"
 #include "xla/ffi/api/ffi.h"
@@ -44,16 +43,13 @@ int ChoosePath() {
 // y = x @ B and sums = x's row sums (M).
 ffi::Error SignMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                           ffi::Buffer<ffi::U32> words, ffi::ResultBuffer<ffi::F32> y,
-                          ffi::ResultBuffer<ffi::F32> sums, int64_t k, int64_t n,
-                          int64_t precision) {
+                          ffi::ResultBuffer<ffi::F32> sums, int64_t k, int64_t n) {
   const auto xd = x.dimensions();
   const auto wd = words.dimensions();
   if (xd.size() != 2 || xd[1] != k)
     return ffi::Error::InvalidArgument("sign_matmul: x must be (tokens, k)");
   if (wd.size() != 3 || wd[0] != (n + 15) / 16 || wd[1] != (k + 3) / 4 || wd[2] != 2)
     return ffi::Error::InvalidArgument("sign_matmul: packed signs have the wrong shape");
-  if (precision != 0 && precision != 1)
-    return ffi::Error::InvalidArgument("sign_matmul: precision must be 0 (float32) or 1 (bfloat16x2)");
   const int64_t M = xd[0];
   const int path = ChoosePath();
   if (M == 0) return ffi::Error::Success();
@@ -63,7 +59,7 @@ ffi::Error SignMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   }
   if (path == 3 && AmxTakes(M, k))
     AmxMatmul(pool, x.typed_data(), words.typed_data(), y->typed_data(), sums->typed_data(), M,
-              k, n, precision == 1);
+              k, n);
   else  // few tokens run through the tables even where there are tiles
     LutMatmul(pool, std::min(path, 2), x.typed_data(), words.typed_data(), y->typed_data(),
               sums->typed_data(), M, k, n);
@@ -81,8 +77,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(BitmapsSignMatmul, bitmaps::SignMatmulImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("k")
-                                  .Attr<int64_t>("n")
-                                  .Attr<int64_t>("precision"));
+                                  .Attr<int64_t>("n"));
 
 extern "C" {
 // The path the kernel runs on this CPU: 3 AMX, 2 AVX-512, 1 AVX2, 0 portable C++.

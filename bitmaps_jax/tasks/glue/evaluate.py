@@ -145,10 +145,9 @@ def check_packed_model(path: str, file_cfg: bert.BertConfig, task: glue_data.Glu
     raise UserError(f'{path}: not a model of the run {run_dir} ({"; ".join(differ)})')
 
 
-def evaluate_run(run_dir: str, config, split: str, packed_file: str = '', step=None,
-                 precision: str = 'float32') -> dict:
+def evaluate_run(run_dir: str, config, split: str, packed_file: str = '', step=None) -> dict:
   """Evaluates a fine-tuning run's latest checkpoint (or saved `step`, or the packed model
-  file made from it, its products at `precision`: see `PackedModel`) on `split`."""
+  file made from it) on `split`."""
   run = RunDir(run_dir)
   if config.get('task') != 'glue':
     raise UserError(f'{run_dir}: not a GLUE fine-tuning run (task {config.get("task", "mlm")!r})')
@@ -162,7 +161,7 @@ def evaluate_run(run_dir: str, config, split: str, packed_file: str = '', step=N
     stored = packed.read_packed_file(packed_file)
     check_packed_model(packed_file, stored.config, task, run_dir, run.model_config(),
                        stored.vocab, tokenizers.vocab_identity(tokenizer))
-    model = packed.PackedModel(stored.config, stored.records, precision=precision)
+    model = packed.PackedModel(stored.config, stored.records)
     # The packed model runs on one device: the rows come back to the host first.
     run_packed = lambda _, batch: model(*(np.asarray(batch[k]) for k in (
         'input_ids', 'attention_mask', 'token_type_ids')))
@@ -181,7 +180,6 @@ def evaluate_run(run_dir: str, config, split: str, packed_file: str = '', step=N
   out['checkpoint_step'] = None if step is None else int(step)
   if packed_file:
     out['packed_file'] = packed_file
-    out['precision'] = precision
   out['_predictions'] = (task, examples.idx, logits, (examples.labels < 0).all())
   return out
 
