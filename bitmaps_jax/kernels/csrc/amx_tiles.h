@@ -31,10 +31,10 @@ namespace bitmaps {
 
 #ifdef BITMAPS_X86
 
-constexpr int kAmxTokens = 16;     // rows of a tile
-constexpr int64_t kAmxInputs = 64;  // int8 inputs of a tile row
-constexpr int kAmxPairs = 4;       // 16-output blocks per chunk: tmm0-3
-constexpr int kAmxBlockTiles = 4;  // token tiles per chunk when the tokens are many
+constexpr int kAmxTokens = 16;         // rows of a tile
+constexpr int64_t kAmxInputs = 64;     // int8 inputs of a tile row
+constexpr int kAmxPairs = 4;           // 16-output blocks per chunk: tmm0-3
+constexpr int kAmxBlockTiles = 4;      // token tiles per chunk when the tokens are many
 constexpr int64_t kAmxBlockSteps = 8;  // input tiles per expanded block of B: 32 KB, in L1
 // Fewer tokens than this run through the lookup tables: a tile costs as much for 1 token as
 // for 16, the tables cost per token (BERT-base: the tables faster at 8 tokens, even at 12,
@@ -66,6 +66,7 @@ struct alignas(64) TileConfig {
   __asm__ volatile("tilestored %%tmm" #t ", (%0,%1,1)" ::"r"(base), "r"((long)(stride)) \
                    : "memory")
 #define BM_TILE_ZERO(t) __asm__ volatile("tilezero %%tmm" #t ::: "memory")
+
 void AmxBegin() {
   static const TileConfig config = [] {
     TileConfig c;
@@ -116,10 +117,9 @@ constexpr int64_t kDigitMaxInputs = 65536;
 // Token tile t of x (M x K float32) as digit tiles: digit q of inputs 64 s .. 64 s + 63 is 16
 // rows of 64 bytes at a + (4 s + q) 1024. scale[r] = 2^(e - 30) of row r (0 for rows past M
 // or all zero, NaN for a row with inf or NaN). The rows' sums go to `sums` when not null.
-__attribute__((target("avx512f,avx512bw,avx512vbmi"))) void SplitDigits(const float* x, int64_t M,
-                                                             int64_t K, int64_t KS, int64_t t,
-                                                             int8_t* a, double* scale,
-                                                             float* sums) {
+__attribute__((target("avx512f,avx512bw,avx512vbmi"))) void SplitDigits(
+    const float* x, int64_t M, int64_t K, int64_t KS, int64_t t, int8_t* a, double* scale,
+    float* sums) {
   for (int64_t r = 0; r < kAmxTokens; ++r) {
     const int64_t m = t * kAmxTokens + r;
     if (m >= M) {
@@ -161,13 +161,17 @@ __attribute__((target("avx512f,avx512bw,avx512vbmi"))) void SplitDigits(const fl
       for (int i = 0; i < 4; ++i) {
         const int64_t k = s * kAmxInputs + 16 * i;
         const int64_t left = std::max<int64_t>(0, std::min<int64_t>(16, K - k));
-        const __m512 x16 = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << left) - 1u), row + k);
+        const __mmask16 mask = static_cast<__mmask16>((1u << left) - 1u);
+        const __m512 x16 = _mm512_maskz_loadu_ps(mask, row + k);
         // N: exact scaling, then rounded; its bytes by place.
-        v[i] = _mm512_permutexvar_epi8(planes, _mm512_cvtps_epi32(_mm512_scalef_ps(x16, power)));
+        const __m512i n = _mm512_cvtps_epi32(_mm512_scalef_ps(x16, power));
+        v[i] = _mm512_permutexvar_epi8(planes, n);
       }
       // 4 x 4 blocks of 16 bytes transposed: byte place p of the 64 inputs.
-      const __m512i t0 = _mm512_shuffle_i64x2(v[0], v[1], 0x44), t1 = _mm512_shuffle_i64x2(v[0], v[1], 0xee);
-      const __m512i t2 = _mm512_shuffle_i64x2(v[2], v[3], 0x44), t3 = _mm512_shuffle_i64x2(v[2], v[3], 0xee);
+      const __m512i t0 = _mm512_shuffle_i64x2(v[0], v[1], 0x44);
+      const __m512i t1 = _mm512_shuffle_i64x2(v[0], v[1], 0xee);
+      const __m512i t2 = _mm512_shuffle_i64x2(v[2], v[3], 0x44);
+      const __m512i t3 = _mm512_shuffle_i64x2(v[2], v[3], 0xee);
       int8_t* dst = a + s * kDigits * 1024 + r * 64;  // digit q = byte place 3 - q
       _mm512_store_si512(dst + 3 * 1024, _mm512_shuffle_i64x2(t0, t2, 0x88));
       _mm512_store_si512(dst + 2 * 1024, _mm512_shuffle_i64x2(t0, t2, 0xdd));
@@ -205,8 +209,11 @@ __attribute__((target("avx512f,avx512bw,bmi2"))) void ExpandSigns8(const uint32_
         // The two words' nibbles interleaved, nibble i = output i: byte i of the result is
         // nibble i of the first word, then of the second.
         const __m512i second = _mm512_srli_epi64(n, 32);
-        const __m512i even = _mm512_ternarylogic_epi64(nibble, n, _mm512_slli_epi64(second, 4), 0xca);
-        const __m512i odd = _mm512_ternarylogic_epi64(nibble, _mm512_srli_epi64(n, 4), second, 0xca);
+        // 0xca: a ? b : c bit by bit.
+        const __m512i even =
+            _mm512_ternarylogic_epi64(nibble, n, _mm512_slli_epi64(second, 4), 0xca);
+        const __m512i odd =
+            _mm512_ternarylogic_epi64(nibble, _mm512_srli_epi64(n, 4), second, 0xca);
         const __m512i both = _mm512_or_si512(_mm512_maskz_mov_epi32(0x5555, even),
                                              _mm512_slli_epi64(odd, 32));
         _mm512_store_si512(z, _mm512_shuffle_epi8(both, zip));
