@@ -44,8 +44,7 @@ if include is not None and os.environ.get('BITMAPS_NO_KERNEL') != '1':
   ext_modules.append(Extension(
       'bitmaps_jax.kernels._cpu_kernels',
       sources=['bitmaps_jax/kernels/csrc/sign_matmul.cc'],
-      depends=['bitmaps_jax/kernels/csrc/amx_digits.h', 'bitmaps_jax/kernels/csrc/amx_matmul.h',
-               'bitmaps_jax/kernels/csrc/amx_tiles.h', 'bitmaps_jax/kernels/csrc/cpu_common.h',
+      depends=['bitmaps_jax/kernels/csrc/amx_tiles.h', 'bitmaps_jax/kernels/csrc/cpu_common.h',
                'bitmaps_jax/kernels/csrc/lut_tables.h'],
       include_dirs=[include],
       language='c++',

@@ -37,8 +37,8 @@ constexpr int kAmxPairs = 4;           // 16-output blocks per chunk: tmm0-3
 constexpr int kAmxBlockTiles = 4;      // token tiles per chunk when the tokens are many
 constexpr int64_t kAmxBlockSteps = 8;  // input tiles per expanded block of B: 32 KB, in L1
 // Fewer tokens than this run through the lookup tables: a tile costs as much for 1 token as
-// for 16, the tables cost per token (BERT-base: the tables faster at 8 tokens, even at 12,
-// the tiles faster at 16).
+// for 16, the tables cost per token (BERT-base, measured with the earlier bfloat16 tiles: the
+// tables faster at 8 tokens, even at 12, the tiles faster at 16).
 constexpr int64_t kAmxMinTokens = 12;
 
 // `n` elements of `buffer` (grown if need be) from a 64-byte boundary: a tile row that
@@ -276,9 +276,10 @@ __attribute__((target("avx512f"))) void JoinDigits(const int32_t* c, const doubl
 }
 
 // Token tiles [t0, t1) x pairs [p0, p0 + np), their digit tiles at `a` one after another
-// (SplitDigits). Per block of B (expanded into L1, the next one between the dot products as
-// in AmxChunk), each token tile runs a pass per digit, its sums waiting in memory between
-// passes; after the last block the digits are joined into y.
+// (SplitDigits). Per block of B (expanded into L1; the next block is expanded a tile at a time
+// between the dot products, which the tile unit runs meanwhile), each token tile runs a pass
+// per digit, its sums waiting in memory between passes; after the last block the digits are
+// joined into y.
 void DigitChunk(const int8_t* a, const double* scales, const uint32_t* w, int64_t M,
                 int64_t N, int64_t G, int64_t KS, int64_t t0, int64_t t1, int64_t p0, int np,
                 float* y) {
