@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import tempfile
+import time
 
 import jax
 import orbax.checkpoint as ocp
@@ -28,6 +29,9 @@ REQUIRED_FILES = ('_CHECKPOINT_METADATA', 'state/_METADATA', 'state/manifest.ocd
 
 # Where old steps go to be deleted (not a step's name, so never listed as a checkpoint).
 TRASH_DIR = 'deleting'
+
+# How long a failed save's temporary directory must stay removed before it counts as gone.
+_SETTLE_SECONDS = 0.3
 
 
 class _Capture:
@@ -151,9 +155,31 @@ class CheckpointStore:
         f'{"the start" if latest is None else f"step {latest}"}') from None
 
   def _remove_partial_saves(self):
-    for name in files.listdir(self.directory) if files.isdir(self.directory) else []:
-      if '.orbax-checkpoint-tmp' in name:
-        files.rmtree(files.join(self.directory, name))
+    """Removes the failed step's temporary directory once nothing writes into it: the save's
+    background thread is waited for, and the directory is removed until it has stayed away
+    for `_SETTLE_SECONDS` (a write still in flight can recreate it)."""
+    try:
+      self.manager.wait_until_finished()
+    except Exception:  # noqa: BLE001 -- the same full disk, reported by the caller
+      pass
+    clear_since = None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+      partial = [n for n in (files.listdir(self.directory) if files.isdir(self.directory)
+                             else []) if '.orbax-checkpoint-tmp' in n]
+      for name in partial:
+        try:
+          files.rmtree(files.join(self.directory, name))
+        except OSError:  # a file written meanwhile: the next round removes it
+          pass
+      now = time.monotonic()
+      if partial:
+        clear_since = None
+      elif clear_since is None:
+        clear_since = now
+      elif now - clear_since >= _SETTLE_SECONDS:
+        break
+      time.sleep(0.05)
     self.manager.reload()
 
   def _empty_trash(self):
