@@ -20,12 +20,13 @@ class DiskFullError(UserError):
 _real_stderr = []  # the saved descriptor of stderr while descriptor 2 is silenced
 
 
-def silence_stderr():
+def silence_stderr(real_fd=None):
   """Points file descriptor 2 at /dev/null for the rest of the process (what threads print
-  there is lost), keeping the real stderr for `exit_with_error`."""
+  there is lost), keeping the real stderr for `exit_with_error`: descriptor 2's, or `real_fd`
+  when 2 is pointed elsewhere meanwhile (the real one is then never written in between)."""
   sys.stderr.flush()
   if not _real_stderr:
-    _real_stderr.append(os.dup(2))
+    _real_stderr.append(os.dup(2 if real_fd is None else real_fd))
   devnull = os.open(os.devnull, os.O_WRONLY)
   os.dup2(devnull, 2)
   os.close(devnull)

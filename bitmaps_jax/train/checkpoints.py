@@ -53,10 +53,11 @@ def _stderr_captured():
       yield capture
     finally:
       sys.stderr.flush()
-      os.dup2(saved, 2)
+      if capture.silence_after:  # straight from the capture to /dev/null: threads still
+        errors.silence_stderr(real_fd=saved)  # failing never reach the real stderr
+      else:
+        os.dup2(saved, 2)
       os.close(saved)
-      if capture.silence_after:
-        errors.silence_stderr()
       tmp.seek(0)
       capture.text = tmp.read().decode('utf-8', 'replace')
 
@@ -162,9 +163,8 @@ class CheckpointStore:
       self.manager.wait_until_finished()
     except Exception:  # noqa: BLE001 -- the same full disk, reported by the caller
       pass
-    clear_since = None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    start = clear_since = time.monotonic()
+    while time.monotonic() - start < 30:
       partial = [n for n in (files.listdir(self.directory) if files.isdir(self.directory)
                              else []) if '.orbax-checkpoint-tmp' in n]
       for name in partial:
@@ -172,12 +172,9 @@ class CheckpointStore:
           files.rmtree(files.join(self.directory, name))
         except OSError:  # a file written meanwhile: the next round removes it
           pass
-      now = time.monotonic()
       if partial:
-        clear_since = None
-      elif clear_since is None:
-        clear_since = now
-      elif now - clear_since >= _SETTLE_SECONDS:
+        clear_since = time.monotonic()
+      elif time.monotonic() - clear_since >= _SETTLE_SECONDS:
         break
       time.sleep(0.05)
     self.manager.reload()

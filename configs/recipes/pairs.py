@@ -30,7 +30,7 @@ HALF_EPOCH_STEPS = {'mrpc': 57, 'rte': 38, 'stsb': 89, 'wnli': 9}
 STAGE2_LEARNING_RATE = {'stsb': 5e-5}
 
 
-def _model(config, stage):
+def _model(config, task, stage):
   """The model the stage trains (tasks/glue/task.py, model/bert.py)."""
   if stage == 'teacher':
     config.binarize.layers = False
@@ -38,7 +38,7 @@ def _model(config, stage):
     config.binarize.granularity = 'per_channel'
 
 
-def _distill(config, stage):
+def _distill(config, task, stage):
   """The loss weights (tasks/glue/distill.py): stage 1 matches the teacher's intermediate
   layers only, stage 2 its outputs and the gold labels only."""
   if stage == 'teacher':
@@ -55,7 +55,7 @@ def _optim(config, task, stage):
                           'stage2': STAGE2_LEARNING_RATE.get(task, 2e-4)}[stage]
 
 
-def _schedule(config, stage):
+def _schedule(config, task, stage):
   """Passes over the training pairs (the steps are derived from them)."""
   config.num_epochs = 4.0
 
@@ -74,8 +74,6 @@ def get_config(arg: str = 'rte,teacher'):
                      f'with TASK one of {", ".join(TASKS)} and STAGE one of {", ".join(STAGES)}')
   task, stage = parts
   config = glue.get_config(task)
-  for group in (_model, _distill, _schedule):
-    group(config, stage)
-  _optim(config, task, stage)
-  _loop(config, task, stage)
+  for group in (_model, _distill, _optim, _schedule, _loop):
+    group(config, task, stage)
   return config
