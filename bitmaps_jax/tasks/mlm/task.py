@@ -1,7 +1,9 @@
 """Masked-language-model pretraining: the MLM task for the shared training loop."""
 
+import atexit
 import dataclasses
 import os
+import shutil
 import tempfile
 
 import jax
@@ -129,8 +131,11 @@ def _vocabulary(config, run: RunDir, train_docs) -> str:
     # run's other files, once the config has been checked.
     vocab_source = run.vocab_file
     if not files.isfile(vocab_source):
+      # Kept until the process ends: the run copies it in after the model is built.
+      scratch = tempfile.mkdtemp(prefix='bitmaps_jax_vocab_')
+      atexit.register(shutil.rmtree, scratch, ignore_errors=True)
       vocab_source = mlm_data.train_wordpiece_vocab(
-          train_docs, config.data.vocab_size, os.path.join(tempfile.mkdtemp(), VOCAB))
+          train_docs, config.data.vocab_size, os.path.join(scratch, VOCAB))
   return vocab_source
 
 
