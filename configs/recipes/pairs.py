@@ -24,7 +24,8 @@ from bitmaps_jax.tasks.glue import data as glue_data
 from configs import glue
 
 TASKS = tuple(name for name, task in glue_data.TASKS.items() if task.is_pair)
-STAGES = ('teacher', 'stage1', 'stage2', 'embed1', 'embed2')
+EMBED_STAGES = ('embed1', 'embed2')
+STAGES = ('teacher', 'stage1', 'stage2') + EMBED_STAGES
 # Half an epoch of 32-example batches on each task's training file (3,667, 2,490, 5,749 and
 # 635 examples).
 HALF_EPOCH_STEPS = {'mrpc': 57, 'rte': 38, 'stsb': 89, 'wnli': 9}
@@ -43,7 +44,7 @@ def _model(config, task, stage):
     config.binarize.layers = False
     return
   config.binarize.granularity = 'per_channel'
-  if stage in ('embed1', 'embed2'):
+  if stage in EMBED_STAGES:
     config.binarize.embeddings = EMBEDDINGS
 
 
@@ -67,7 +68,7 @@ def _optim(config, task, stage):
 
 def _schedule(config, task, stage):
   """Passes over the training pairs (the steps are derived from them)."""
-  config.num_epochs = 2.0 if stage in ('embed1', 'embed2') else 4.0
+  config.num_epochs = 2.0 if stage in EMBED_STAGES else 4.0
 
 
 def _loop(config, task, stage):
