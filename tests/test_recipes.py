@@ -59,7 +59,7 @@ def test_pair_recipe_stages(task):
           stage1.distill.attention_weight) == (0.0, 0.0, 1.0, 1.0)
   assert stage1.learning_rate == 5e-4 and stage1.augment.copies == 0
   stage2 = pairs.get_config(f'{task},stage2')
-  expected = ({**PAIR_STAGE2, 'learning_rate': 5e-5} if task in ('mrpc', 'stsb')
+  expected = ({**PAIR_STAGE2, 'learning_rate': 5e-5} if task in ('mrpc', 'rte', 'stsb')
               else PAIR_STAGE2)
   for field, value in expected.items():
     node = stage2
