@@ -32,7 +32,8 @@ HALF_EPOCH_STEPS = {'mrpc': 57, 'rte': 38, 'stsb': 89, 'wnli': 9}
 # Stage 2 at 2e-4 knocks the stage-1 model (which has the teacher's head) off its task on STS-B
 # (dev Pearson 0.840 -> 0.752 in its first epoch, 0.829 at the end) and MRPC (dev F1 0.848 ->
 # 0.795, 0.822 at the end): those two run it at the teacher's rate (docs/results/), and so
-# does RTE, whose students at 2e-4 ended at 92.6% of their teachers.
+# does RTE (92.6% of its teachers at 2e-4), though its seed 0 was no better at 5e-5 (94.1%
+# against 94.7%).
 STAGE2_LEARNING_RATE = {'mrpc': 5e-5, 'rte': 5e-5, 'stsb': 5e-5}
 # The word-embedding scheme of the embed stages: the best on CoLA; no run ranked the schemes
 # apart on SST-2 or the MLM replay (docs/results/embeddings.md).
