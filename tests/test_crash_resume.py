@@ -116,9 +116,12 @@ def test_sigterm_saves_and_the_next_run_loses_no_step(tmp_path):
                         cwd=REPO, capture_output=True, text=True, timeout=600,
                         env=dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2'))
   assert full.returncode == 0, full.stderr[-2000:]
+  scratch = tmp_path / 'tmp'  # the stopped run's temporary files: none may stay behind
+  scratch.mkdir()
   proc = subprocess.Popen([sys.executable, 'train.py', f'--workdir={stop_dir}', *FLAGS, *flags],
                           cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          env=dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2'))
+                          env=dict(os.environ, TMPDIR=str(scratch),
+                                   XLA_FLAGS='--xla_force_host_platform_device_count=2'))
   metrics = os.path.join(stop_dir, 'metrics.jsonl')
   deadline = time.time() + 300
   while time.time() < deadline and proc.poll() is None:  # after a few logged steps
@@ -130,6 +133,7 @@ def test_sigterm_saves_and_the_next_run_loses_no_step(tmp_path):
   assert proc.returncode == 0, err[-2000:]
   last = [l for l in err.strip().splitlines() if l.startswith('SIGTERM')]
   assert len(last) == 1 and 'checkpoint' in last[0] and 'saved' in last[0], err[-2000:]
+  assert not [n for n in os.listdir(scratch) if n.startswith('bitmaps_jax_vocab_')]
   stopped_at = _finished_steps(os.path.join(stop_dir, 'checkpoints'))
   assert len(stopped_at) == 1 and 0 < stopped_at[0] < STEPS, stopped_at
   again = subprocess.run([sys.executable, 'train.py', f'--workdir={stop_dir}', *FLAGS, *flags],

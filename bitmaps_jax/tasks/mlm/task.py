@@ -17,6 +17,8 @@ from bitmaps_jax.tasks.mlm import prepared
 from bitmaps_jax.train import initial_model, loop, metrics, parallel
 from bitmaps_jax.train.rundir import VOCAB, RunDir
 
+SCRATCH_PREFIX = 'bitmaps_jax_vocab_'
+
 
 def _files(value):
   if not value:
@@ -53,6 +55,8 @@ class Corpus:
   train: batches.Windows
   valid: batches.Windows
   vocab_file: str
+  # A vocabulary learned for this run lives in a scratch folder until the run holds a copy.
+  scratch_dir: str = ''
 
 
 def _documents_source(read_documents):
@@ -60,11 +64,11 @@ def _documents_source(read_documents):
 
   def open_corpus(config, run: RunDir) -> Corpus:
     train_docs, valid_docs = read_documents(config.data)
-    vocab = _vocabulary(config, run, train_docs)
+    vocab, scratch = _vocabulary(config, run, train_docs)
     tokenizer = tokenizers.load_tokenizer_for_packing(vocab)
     pack = lambda docs: batches.Windows.of(
         mlm_data.pack_windows(docs, tokenizer, config.max_seq_length))
-    return Corpus(pack(train_docs), pack(valid_docs), vocab)
+    return Corpus(pack(train_docs), pack(valid_docs), vocab, scratch)
 
   return open_corpus
 
@@ -118,9 +122,10 @@ def _corpus_vocabulary(config, run: RunDir, corpus) -> str:
   return corpus.vocab_file
 
 
-def _vocabulary(config, run: RunDir, train_docs) -> str:
-  """The tokenizer's vocab: configured, the init checkpoint's, or learned from the corpus."""
-  vocab_source = tokenizers.tokenizer_source(config)
+def _vocabulary(config, run: RunDir, train_docs):
+  """(vocab, scratch folder or ''): the tokenizer's vocab, configured, the init checkpoint's,
+  or learned from the corpus into a scratch folder of its own."""
+  vocab_source, scratch = tokenizers.tokenizer_source(config), ''
   if vocab_source is None and run.is_run() and files.isfile(run.vocab_file):
     saved = run.train_config().get('data', {}).get('vocab_size')
     if saved != config.data.vocab_size:
@@ -131,12 +136,12 @@ def _vocabulary(config, run: RunDir, train_docs) -> str:
     # run's other files, once the config has been checked.
     vocab_source = run.vocab_file
     if not files.isfile(vocab_source):
-      # Kept until the process ends: the run copies it in after the model is built.
-      scratch = tempfile.mkdtemp(prefix='bitmaps_jax_vocab_')
+      # build_task deletes it once the run has copied it in (atexit: if it never gets there).
+      scratch = tempfile.mkdtemp(prefix=SCRATCH_PREFIX)
       atexit.register(shutil.rmtree, scratch, ignore_errors=True)
       vocab_source = mlm_data.train_wordpiece_vocab(
           train_docs, config.data.vocab_size, os.path.join(scratch, VOCAB))
-  return vocab_source
+  return vocab_source, scratch
 
 
 def make_batch_metrics(model):
@@ -160,15 +165,20 @@ def build_task(config, run):
   run = RunDir.of(run)
   corpus = open_corpus(config, run)
   vocab_source = corpus.vocab_file
-  tokenizer = tokenizers.load_tokenizer_for_packing(vocab_source)
-  model_cfg, params = initial_model.load(config, 'BertForMaskedLM', vocab_size=len(tokenizer))
-  if model_cfg.vocab_size < len(tokenizer):
-    raise UserError(f'tokenizer {vocab_source} has {len(tokenizer)} tokens, more than the '
-                    f'model\'s vocab_size {model_cfg.vocab_size}')
-  loop.check_config(config, model_cfg)
-  run.check_resumable(model_cfg, config)
-  if is_main:
-    run.write_run_files(config, model_cfg, vocab_source)
+  try:
+    tokenizer = tokenizers.load_tokenizer_for_packing(vocab_source)
+    model_cfg, params = initial_model.load(config, 'BertForMaskedLM', vocab_size=len(tokenizer))
+    if model_cfg.vocab_size < len(tokenizer):
+      raise UserError(f'tokenizer {vocab_source} has {len(tokenizer)} tokens, more than the '
+                      f'model\'s vocab_size {model_cfg.vocab_size}')
+    loop.check_config(config, model_cfg)
+    run.check_resumable(model_cfg, config)
+    if is_main:
+      run.write_run_files(config, model_cfg, vocab_source)
+  finally:
+    # train.py leaves through os._exit on a stop or an error, past atexit: delete it here.
+    if corpus.scratch_dir:
+      shutil.rmtree(corpus.scratch_dir, ignore_errors=True)
 
   spec = batches.MaskingSpec(
       vocab_size=len(tokenizer), mask_token_id=tokenizer.mask_token_id,
